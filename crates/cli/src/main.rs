@@ -1,0 +1,285 @@
+//! `openclaw-egress`: check, plan, apply, show and flush the egress policy.
+//!
+//! Exit codes: 0 success; 1 error (invalid config or allowlist, kernel
+//! refused, ...); 2 usage error; 3 applied or planned, but some hostnames
+//! could not be resolved (they are closed: no addresses).
+
+mod load;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use egress_core::diff::{ChangeKind, Diff};
+use egress_core::render::{nft_duration, ruleset_text};
+use egress_core::ruleset::SetId;
+use serde_json::json;
+
+use load::{Desired, Invalid, Loaded};
+
+/// Exit code when some hostnames did not resolve.
+const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "openclaw-egress",
+    version,
+    about = "Egress allowlist firewall for sandboxed agents"
+)]
+struct Cli {
+    /// Config file (default /etc/openclaw-egress/egressd.toml; when that is
+    /// absent, built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and the allowlist; print every error.
+    Check,
+    /// Resolve, then show what `apply` would change in the live table.
+    Plan {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve once and make the kernel enforce the policy.
+    Apply,
+    /// Resolve, then print the desired ruleset as nft text (loadable with `nft -f`).
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the table (egress is then no longer filtered).
+    Flush,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(inv) = e.downcast_ref::<Invalid>() {
+                eprintln!("{inv}");
+            } else {
+                eprintln!("openclaw-egress: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Check => {
+            let loaded = load::load(config)?;
+            print_warnings(&loaded);
+            let entries = loaded.entries().len();
+            println!(
+                "{}: ok ({} entries, {} hostnames; allowlist {})",
+                loaded.config_path.display(),
+                entries,
+                loaded.hosts().len(),
+                loaded.config.allowlist.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { json } => {
+            let loaded = load::load(config)?;
+            print_warnings(&loaded);
+            let desired = load::desired(&loaded)?;
+            report_resolution(&desired);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ruleset_json(&desired))?);
+            } else {
+                print!("{}", ruleset_text(&desired.ruleset));
+            }
+            Ok(partial_code(&desired))
+        }
+        Command::Plan { json } => {
+            let loaded = load::load(config)?;
+            print_warnings(&loaded);
+            let desired = load::desired(&loaded)?;
+            report_resolution(&desired);
+            let mut nft = egress_nft::Nft::new()?;
+            let (_, reason, diff) = nft.plan(&desired.ruleset)?;
+            if json {
+                let v = json!({
+                    "table": desired.ruleset.layout.table,
+                    "full_reload": reason.is_some(),
+                    "reason": reason,
+                    "changes": changes_json(&diff),
+                    "unresolved": desired.resolution.failed.iter().map(|(h, why)| json!({"host": h.as_str(), "error": why})).collect::<Vec<_>>(),
+                    "refused": refused_json(&desired),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                if let Some(r) = &reason {
+                    println!(
+                        "table inet {}: full load ({r})",
+                        desired.ruleset.layout.table
+                    );
+                }
+                for (kind, c) in &diff.changes {
+                    let sign = match kind {
+                        ChangeKind::Added => '+',
+                        ChangeKind::Removed => '-',
+                        ChangeKind::Refreshed => '~',
+                    };
+                    let mut line = format!("{sign} {} {}", c.set.name(), c.key);
+                    if *kind != ChangeKind::Removed {
+                        if let Some(t) = c.attrs.timeout {
+                            line.push_str(&format!(" timeout {}", nft_duration(t)));
+                        }
+                        if !c.attrs.comment.is_empty() {
+                            line.push_str(&format!("  # {}", c.attrs.comment));
+                        }
+                    }
+                    println!("{line}");
+                }
+                println!("{}", diff_summary(&diff));
+            }
+            Ok(partial_code(&desired))
+        }
+        Command::Apply => {
+            let loaded = load::load(config)?;
+            print_warnings(&loaded);
+            let desired = load::desired(&loaded)?;
+            report_resolution(&desired);
+            let mut nft = egress_nft::Nft::new()?;
+            let report = nft
+                .apply(&desired.ruleset)
+                .with_context(|| format!("applying table inet {}", desired.ruleset.layout.table))?;
+            let how = match report.mode {
+                egress_nft::ApplyMode::Full => format!(
+                    "full load ({})",
+                    report.reason.as_deref().unwrap_or("requested")
+                ),
+                egress_nft::ApplyMode::Elements => "element diff".to_string(),
+                egress_nft::ApplyMode::Unchanged => "no change".to_string(),
+            };
+            println!(
+                "table inet {}: {how}; {}; {} messages ({} element messages, {} bytes); resolve {:.1} ms, read {:.1} ms, write {:.1} ms",
+                desired.ruleset.layout.table,
+                diff_summary(&report.diff),
+                report.messages,
+                report.element_messages,
+                report.bytes,
+                desired.resolve_time.as_secs_f64() * 1e3,
+                report.read_time.as_secs_f64() * 1e3,
+                report.write_time.as_secs_f64() * 1e3,
+            );
+            Ok(partial_code(&desired))
+        }
+        Command::Flush => {
+            let loaded = load::load(config).ok();
+            let table = loaded
+                .as_ref()
+                .map(|l| l.config.firewall.table.clone())
+                .unwrap_or_else(|| egress_core::config::Config::default().firewall.table);
+            let mut nft = egress_nft::Nft::new()?;
+            if nft
+                .flush(&table)
+                .with_context(|| format!("removing table inet {table}"))?
+            {
+                println!("removed table inet {table}");
+            } else {
+                println!("table inet {table} was not present");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_warnings(loaded: &Loaded) {
+    for w in &loaded.warnings {
+        eprintln!("{w}");
+    }
+}
+
+fn report_resolution(d: &Desired) {
+    for (host, why) in &d.resolution.failed {
+        eprintln!("warning: {host}: not fully resolved, closed until it resolves: {why}");
+    }
+    for r in &d.refused {
+        eprintln!(
+            "warning: {}: refused answer {}: {} (list it in [firewall] allow_private to allow)",
+            r.host, r.addr, r.reason
+        );
+    }
+}
+
+fn partial_code(d: &Desired) -> ExitCode {
+    if d.resolution.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    }
+}
+
+fn diff_summary(d: &Diff) -> String {
+    format!(
+        "{} added, {} removed, {} refreshed",
+        d.count(ChangeKind::Added),
+        d.count(ChangeKind::Removed),
+        d.count(ChangeKind::Refreshed)
+    )
+}
+
+fn changes_json(d: &Diff) -> Vec<serde_json::Value> {
+    d.changes
+        .iter()
+        .map(|(kind, c)| {
+            json!({
+                "change": match kind { ChangeKind::Added => "add", ChangeKind::Removed => "remove", ChangeKind::Refreshed => "refresh" },
+                "set": c.set.name(),
+                "element": c.key.to_string(),
+                "timeout_ms": c.attrs.timeout.map(|t| t.as_millis() as u64),
+                "comment": c.attrs.comment,
+            })
+        })
+        .collect()
+}
+
+fn refused_json(d: &Desired) -> Vec<serde_json::Value> {
+    d.refused
+        .iter()
+        .map(
+            |r| json!({"host": r.host.as_str(), "address": r.addr.to_string(), "reason": r.reason}),
+        )
+        .collect()
+}
+
+fn ruleset_json(d: &Desired) -> serde_json::Value {
+    let rs = &d.ruleset;
+    let mut sets = serde_json::Map::new();
+    for set in SetId::ALL {
+        let elems: Vec<serde_json::Value> = rs
+            .elements
+            .set(set)
+            .map(|(k, a)| {
+                json!({
+                    "element": k.to_string(),
+                    "timeout_ms": a.timeout.map(|t| t.as_millis() as u64),
+                    "comment": a.comment,
+                })
+            })
+            .collect();
+        sets.insert(set.name().to_string(), serde_json::Value::Array(elems));
+    }
+    json!({
+        "table": rs.layout.table,
+        "family": "inet",
+        "interfaces": rs.layout.interfaces,
+        "action": rs.layout.action.name(),
+        "dns_allow": d.dns_allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "sets": sets,
+        "unresolved": d.resolution.failed.iter().map(|(h, why)| json!({"host": h.as_str(), "error": why})).collect::<Vec<_>>(),
+        "refused": refused_json(d),
+    })
+}
