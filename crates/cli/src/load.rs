@@ -56,9 +56,9 @@ impl std::fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// Reads and validates the config and the allowlist; every error of both
-/// files is reported together.
-pub fn load(config_path: Option<&Path>) -> Result<Loaded> {
+/// Reads and validates the config alone (enough for `flush`, which must
+/// work while the allowlist is broken).
+pub fn load_config(config_path: Option<&Path>) -> Result<(PathBuf, Config)> {
     let (path, text) = match config_path {
         Some(p) => (
             p.to_path_buf(),
@@ -79,6 +79,12 @@ pub fn load(config_path: Option<&Path>) -> Result<Loaded> {
         }
     };
     let config = Config::parse(&path, &text).map_err(|d| Invalid(d.to_string()))?;
+    Ok((path, config))
+}
+
+/// Reads and validates the config and the allowlist.
+pub fn load(config_path: Option<&Path>) -> Result<Loaded> {
+    let (path, config) = load_config(config_path)?;
     let bytes = std::fs::read(&config.allowlist)
         .with_context(|| format!("cannot read allowlist {}", config.allowlist.display()))?;
     let shown = config.allowlist.display().to_string();

@@ -177,11 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(partial_code(&desired))
         }
         Command::Flush => {
-            let loaded = load::load(config).ok();
-            let table = loaded
-                .as_ref()
-                .map(|l| l.config.firewall.table.clone())
-                .unwrap_or_else(|| egress_core::config::Config::default().firewall.table);
+            let table = load::load_config(config)?.1.firewall.table;
             let mut nft = egress_nft::Nft::new()?;
             if nft
                 .flush(&table)
