@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs openclaw-egress from this checkout on Debian/Ubuntu and enforces
-# the allowlist. Idempotent; never overwrites an existing config.
+# Installs openclaw-egress from this checkout on Debian/Ubuntu and starts the
+# daemon: as the systemd service openclaw-egressd when systemd runs the
+# machine, otherwise in the background (log: /var/log/openclaw-egressd.log).
+# Idempotent; never overwrites an existing config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -17,8 +19,9 @@ fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     pkg-config libnftnl-dev libmnl-dev nftables >/dev/null
 
-cargo build --release --locked
+cargo build --release --locked -p openclaw-egress -p openclaw-egressd
 install -m 0755 target/release/openclaw-egress /usr/local/bin/openclaw-egress
+install -m 0755 target/release/openclaw-egressd /usr/local/bin/openclaw-egressd
 
 install -d -m 0755 /etc/openclaw-egress
 for f in egressd.toml allowlist.conf; do
@@ -28,7 +31,28 @@ for f in egressd.toml allowlist.conf; do
 done
 
 openclaw-egress check
-# Exit code 3 means some hostname did not resolve: it stays closed, the rest
-# is enforced, so the install itself succeeded.
-openclaw-egress apply || [ $? -eq 3 ]
-echo "openclaw-egress: enforcing /etc/openclaw-egress/allowlist.conf on the bridge of network 'openclaw-egress'"
+
+if [ -d /run/systemd/system ]; then
+    sed 's|/usr/bin/openclaw-egress|/usr/local/bin/openclaw-egress|g' \
+        systemd/openclaw-egressd.service >/etc/systemd/system/openclaw-egressd.service
+    systemctl daemon-reload
+    systemctl enable openclaw-egressd.service
+    systemctl restart openclaw-egressd.service
+    systemctl --no-pager --lines=0 status openclaw-egressd.service
+else
+    # No systemd (a container or a minimal VM): run it in the background.
+    if [ -f /run/openclaw-egressd.pid ] && kill -0 "$(cat /run/openclaw-egressd.pid)" 2>/dev/null; then
+        kill "$(cat /run/openclaw-egressd.pid)"
+        sleep 1
+    fi
+    nohup /usr/local/bin/openclaw-egressd --config /etc/openclaw-egress/egressd.toml \
+        >>/var/log/openclaw-egressd.log 2>&1 &
+    echo $! >/run/openclaw-egressd.pid
+    # Ready once the control socket answers (resolution may take a few seconds).
+    for _ in $(seq 50); do
+        openclaw-egress status >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    openclaw-egress status | head -5 || true
+    echo "openclaw-egressd running as pid $(cat /run/openclaw-egressd.pid) (log: /var/log/openclaw-egressd.log)"
+fi

@@ -2,9 +2,11 @@
 //!
 //! Exit codes: 0 success; 1 error (invalid config or allowlist, kernel
 //! refused, ...); 2 usage error; 3 applied or planned, but some hostnames
-//! could not be resolved (they are closed: no addresses).
+//! could not be resolved (they are closed: no addresses); `status` has its
+//! own: 0 ok, 1 the daemon holds a config error, 4 the daemon is unreachable.
 
 mod load;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,9 +58,27 @@ enum Command {
     },
     /// Remove the table (egress is then no longer filtered).
     Flush,
+    /// Ask the running daemon for its status (over its control socket).
+    ///
+    /// Exit codes: 0 the daemon answered and its config and allowlist are
+    /// valid; 1 the daemon holds a config error (it keeps enforcing the last
+    /// good policy; the status is still printed), or another error (e.g. an
+    /// unreadable --config); 4 the daemon is unreachable: socket missing,
+    /// connection refused, permission denied (root only) or no answer.
+    Status {
+        /// Print the status as JSON (format: docs/status-json.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `openclaw-egress status | head` into
+    // a panic; a command-line tool should just stop.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -189,6 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json } => status::run(config, json),
     }
 }
 

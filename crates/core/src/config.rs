@@ -77,6 +77,10 @@ pub struct ResolverConfig {
     pub grace: Duration,
     /// How long the last good answer is kept while DNS fails.
     pub serve_stale: Duration,
+    /// How long to wait before asking again after "no such name" or "no
+    /// records of this type" (clamped to `[min_ttl, max_ttl]`). Most hosts
+    /// have no AAAA records, so this sets how often those are re-asked.
+    pub negative_ttl: Duration,
     /// Time limit of one query.
     pub timeout: Duration,
     /// Tries per query (at least 1).
@@ -177,6 +181,7 @@ impl Default for ResolverConfig {
             max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(300),
             serve_stale: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(300),
             timeout: Duration::from_secs(2),
             attempts: 2,
             concurrency: 64,
@@ -312,6 +317,7 @@ struct RawResolver {
     max_ttl: Raw,
     grace: Raw,
     serve_stale: Raw,
+    negative_ttl: Raw,
     timeout: Raw,
     attempts: Raw,
     concurrency: Raw,
@@ -534,6 +540,7 @@ impl Validator<'_> {
             max_ttl,
             grace: self.duration(raw.grace, "resolver.grace", d.grace),
             serve_stale: self.duration(raw.serve_stale, "resolver.serve_stale", d.serve_stale),
+            negative_ttl: self.duration(raw.negative_ttl, "resolver.negative_ttl", d.negative_ttl),
             timeout,
             attempts: self.integer(raw.attempts, "resolver.attempts", 1..=i64::MAX, d.attempts),
             concurrency: self.integer(
@@ -880,6 +887,7 @@ socket = "/run/x.sock"
                 max_ttl: Duration::from_secs(5400),
                 grace: Duration::from_secs(120),
                 serve_stale: Duration::ZERO,
+                negative_ttl: Duration::from_secs(300),
                 timeout: Duration::from_millis(500),
                 attempts: 3,
                 concurrency: 4096,

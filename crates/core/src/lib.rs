@@ -16,6 +16,8 @@ pub mod entry;
 pub mod policy;
 pub mod render;
 pub mod ruleset;
+pub mod schedule;
+pub mod status;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use entry::{Entry, HostName, PortRange, Proto, Service, Target};

@@ -63,6 +63,10 @@ pub fn rule_text(rule: &RuleSpec) -> String {
             format!("iifname {} jump {POLICY_CHAIN}", quote(iface))
         }
         RuleSpec::EstablishedAccept => "ct state established,related accept".into(),
+        RuleSpec::NeighborDiscovery { icmp_type } => format!(
+            "icmpv6 type {} ip6 hoplimit 255 accept",
+            crate::ruleset::nd_name(*icmp_type)
+        ),
         RuleSpec::DnsAccept { family, proto } => format!(
             "{} daddr @{} {proto} dport 53 accept",
             family.nft_keyword(),

@@ -352,6 +352,19 @@ pub struct ChainSpec {
 /// against Docker's own chains only matters for counters and logs.)
 pub const BASE_PRIORITY: i32 = -10;
 
+/// ICMPv6 types of neighbour discovery a container may send the host.
+pub const ND_TYPES: [u8; 3] = [133, 135, 136];
+
+/// nft's name of an ICMPv6 neighbour-discovery type.
+pub fn nd_name(icmp_type: u8) -> &'static str {
+    match icmp_type {
+        133 => "nd-router-solicit",
+        135 => "nd-neighbor-solicit",
+        136 => "nd-neighbor-advert",
+        _ => "unknown",
+    }
+}
+
 /// Name of the regular chain holding the policy.
 pub const POLICY_CHAIN: &str = "egress";
 
@@ -368,6 +381,16 @@ pub enum RuleSpec {
     /// `ct state established,related accept`: replies and ICMP errors of
     /// connections that were allowed.
     EstablishedAccept,
+    /// `icmpv6 type nd-neighbor-solicit ip6 hoplimit 255 accept`: IPv6
+    /// neighbour discovery with the host (the input hook sees it, and
+    /// conntrack does not track it, so without this rule IPv6 to any allowed
+    /// address breaks once neighbour caches expire). Hop limit 255 proves
+    /// the packet was not routed.
+    NeighborDiscovery {
+        /// ICMPv6 type: 133 router solicitation, 135 neighbour
+        /// solicitation, 136 neighbour advertisement.
+        icmp_type: u8,
+    },
     /// `ip daddr @dns_v4 udp dport 53 accept` and friends.
     DnsAccept {
         /// Family of the destination.
@@ -404,6 +427,9 @@ impl RuleSpec {
         match self {
             RuleSpec::JumpFromInterface { .. } => "traffic from the agent network".into(),
             RuleSpec::EstablishedAccept => "replies to allowed connections".into(),
+            RuleSpec::NeighborDiscovery { icmp_type } => {
+                format!("ipv6 neighbour discovery ({})", nd_name(*icmp_type))
+            }
             RuleSpec::DnsAccept { family, proto } => {
                 format!("dns {proto} to allowed servers ({})", family.nft_keyword())
             }
@@ -441,6 +467,9 @@ impl Layout {
             .map(|i| RuleSpec::JumpFromInterface { iface: i.clone() })
             .collect();
         let mut policy = vec![RuleSpec::EstablishedAccept];
+        for icmp_type in ND_TYPES {
+            policy.push(RuleSpec::NeighborDiscovery { icmp_type });
+        }
         for family in [Family::V4, Family::V6] {
             for proto in [Proto::Udp, Proto::Tcp] {
                 policy.push(RuleSpec::DnsAccept { family, proto });

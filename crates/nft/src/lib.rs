@@ -22,6 +22,11 @@ pub mod encode;
 mod netlink;
 
 #[cfg(target_os = "linux")]
+mod monitor;
+
+#[cfg(target_os = "linux")]
+pub use monitor::spawn_monitor;
+#[cfg(target_os = "linux")]
 pub use netlink::{Nft, NftError};
 
 use std::time::Duration;
@@ -75,4 +80,9 @@ pub struct ApplyReport {
     pub read_time: Duration,
     /// Time to build, send and acknowledge the batch.
     pub write_time: Duration,
+    /// Packets counted by the deny rules when the live table was read
+    /// (0 when the table was absent or replaced).
+    pub denied_packets: u64,
+    /// Bytes counted by the deny rules, likewise.
+    pub denied_bytes: u64,
 }

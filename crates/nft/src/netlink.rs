@@ -135,6 +135,12 @@ impl Nft {
         Ok(nft)
     }
 
+    /// The netlink port id of this socket; change notifications caused by
+    /// our own batches carry it.
+    pub fn portid(&self) -> u32 {
+        self.portid
+    }
+
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> Result<()> {
         // SAFETY: fd is a valid socket; the value is an int of the size passed.
         let rc = unsafe {
@@ -188,7 +194,8 @@ impl Nft {
             }
         }
 
-        // Chains and rules: the same chains, each rule tagged as expected.
+        // Chains and rules: the same chains, each rule as expected.
+        let ntable = Table::new(&name, ProtoFamily::Inet);
         let chains = self.dump_chains(&name)?;
         let rules = self.dump_rules(&name)?;
         let want_chains = layout.chains();
@@ -207,20 +214,29 @@ impl Nft {
                     if !hook_ok {
                         drift.push(format!("chain {} has another hook or policy", spec.name));
                     }
-                    let live_tags: Vec<&Vec<u8>> = rules
+                    let live: Vec<&LiveRule> =
+                        rules.iter().filter(|r| r.chain == spec.name).collect();
+                    let want = expected_rules(&ntable, spec)?;
+                    // Tags (comments) and the expressions themselves: an
+                    // edited rule that kept its comment is drift too.
+                    if live.len() != want.len() {
+                        drift.push(format!(
+                            "chain {} has {} rules instead of {}",
+                            spec.name,
+                            live.len(),
+                            want.len()
+                        ));
+                    } else if let Some(i) = live
                         .iter()
-                        .filter(|r| r.chain == spec.name)
-                        .map(|r| &r.udata)
-                        .collect();
-                    let want_tags = spec
-                        .rules
-                        .iter()
-                        .map(|r| udata_comment(sys::NFTNL_UDATA_RULE_COMMENT, &r.tag()))
-                        .collect::<Result<Vec<_>>>()?;
-                    if live_tags.len() != want_tags.len()
-                        || live_tags.iter().zip(&want_tags).any(|(a, b)| *a != b)
+                        .zip(&want)
+                        .position(|(l, (tag, exprs))| l.udata != *tag || l.exprs != *exprs)
                     {
-                        drift.push(format!("the rules of chain {} differ", spec.name));
+                        drift.push(format!(
+                            "rule {}#{} ({}) was changed",
+                            spec.name,
+                            i + 1,
+                            spec.rules[i].tag()
+                        ));
                     }
                 }
             }
@@ -275,8 +291,11 @@ impl Nft {
     /// absent or drifted, otherwise only the changed elements.
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport> {
         let t0 = Instant::now();
-        let (_, reason, d) = self.plan(ruleset)?;
+        let (live, reason, d) = self.plan(ruleset)?;
         let read_time = t0.elapsed();
+        let (denied_packets, denied_bytes) = live
+            .as_ref()
+            .map_or((0, 0), |l| (l.denied_packets, l.denied_bytes));
         let t1 = Instant::now();
         let mut report = match reason {
             Some(reason) => self.load_full(ruleset, d, Some(reason))?,
@@ -289,11 +308,15 @@ impl Nft {
                 bytes: 0,
                 read_time: Duration::ZERO,
                 write_time: Duration::ZERO,
+                denied_packets: 0,
+                denied_bytes: 0,
             },
             None => self.load_diff(&ruleset.layout, d)?,
         };
         report.read_time = read_time;
         report.write_time = t1.elapsed();
+        report.denied_packets = denied_packets;
+        report.denied_bytes = denied_bytes;
         Ok(report)
     }
 
@@ -392,6 +415,8 @@ impl Nft {
             bytes,
             read_time: Duration::ZERO,
             write_time: Duration::ZERO,
+            denied_packets: 0,
+            denied_bytes: 0,
         })
     }
 
@@ -413,6 +438,8 @@ impl Nft {
             bytes,
             read_time: Duration::ZERO,
             write_time: Duration::ZERO,
+            denied_packets: 0,
+            denied_bytes: 0,
         })
     }
 
@@ -750,6 +777,7 @@ impl Nft {
                         chain: get_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16))
                             .unwrap_or_default(),
                         udata: copy_bytes(data, len),
+                        exprs: rule_text(r),
                         packets: 0,
                         bytes: 0,
                     };
@@ -888,6 +916,8 @@ struct LiveChain {
 struct LiveRule {
     chain: String,
     udata: Vec<u8>,
+    /// The rule's expressions as libnftnl prints them, counters zeroed.
+    exprs: String,
     packets: u64,
     bytes: u64,
 }
@@ -1165,7 +1195,10 @@ fn push_elements(
                             );
                         }
                         if add {
-                            if let Some(t) = c.attrs.timeout {
+                            // The kernel refuses a timeout on an interval-end
+                            // element (EINVAL); the start element's timeout
+                            // governs the whole interval.
+                            if let Some(t) = c.attrs.timeout.filter(|_| !raw.interval_end) {
                                 // The kernel needs at least 1 ms.
                                 let ms = (t.as_millis() as u64).max(1);
                                 sys::nftnl_set_elem_set_u64(
@@ -1255,6 +1288,78 @@ fn build_chain<'a>(table: &'a Table, spec: &ChainSpec) -> Result<Chain<'a>> {
     Ok(chain)
 }
 
+/// The rule's expressions as libnftnl prints them (`[ meta load ... ]`),
+/// without the table/chain/handle header and with counter values zeroed, so
+/// a live rule and a locally built one compare equal when they match.
+///
+/// # Safety
+/// `r` must be a valid rule object.
+unsafe fn rule_text(r: *const sys::nftnl_rule) -> String {
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: buf is writable for its length; r is valid per the contract.
+    let n = unsafe {
+        sys::nftnl_rule_snprintf(
+            buf.as_mut_ptr() as *mut c_char,
+            buf.len(),
+            r,
+            sys::NFTNL_OUTPUT_DEFAULT,
+            0,
+        )
+    };
+    let n = (n.max(0) as usize).min(buf.len());
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let exprs = match text.find('[') {
+        Some(i) => &text[i..],
+        None => "",
+    };
+    let mut out = String::with_capacity(exprs.len());
+    for part in exprs.split('[').filter(|p| !p.trim().is_empty()) {
+        let part = part.trim().trim_end_matches(']').trim();
+        let part = if part.starts_with("counter") {
+            "counter"
+        } else {
+            part
+        };
+        out.push('[');
+        out.push_str(part);
+        out.push(']');
+    }
+    out
+}
+
+/// (comment user data, expression text) of every rule `spec` should hold,
+/// built exactly as a full load builds them and parsed back the way a dump
+/// is parsed.
+fn expected_rules(table: &Table, spec: &ChainSpec) -> Result<Vec<(Vec<u8>, String)>> {
+    let chain = build_chain(table, spec)?;
+    let mut out = Vec::new();
+    for rs in &spec.rules {
+        let rule = build_rule(&chain, rs)?;
+        let mut buf = AlignedBuf::new(MAX_MSG);
+        // SAFETY: buf has MAX_MSG bytes; the message is parsed back from the
+        // same buffer, and the parsed rule is freed below.
+        unsafe {
+            let p = buf.bytes_mut().as_mut_ptr();
+            rule.write(p.cast(), 0, MsgType::Add);
+            let r = sys::nftnl_rule_alloc();
+            if r.is_null() {
+                std::process::abort();
+            }
+            let rc = sys::nftnl_rule_nlmsg_parse(p as *const nlmsghdr, r);
+            let text = rule_text(r);
+            sys::nftnl_rule_free(r);
+            if rc < 0 {
+                return Err(NftError::Parse("a locally built rule".into()));
+            }
+            out.push((
+                udata_comment(sys::NFTNL_UDATA_RULE_COMMENT, &rs.tag())?,
+                text,
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// A generic expression: libnftnl name plus attributes. The nftnl crate's
 /// expressions always write register 1; the concatenated lookup needs the
 /// 32-bit registers after it, and log/limit/reject are not in the crate.
@@ -1342,6 +1447,9 @@ fn lookup(set: SetId, id: u32) -> Result<RawExpr> {
             (sys::NFTNL_EXPR_LOOKUP_SREG, Attr::U32(REG1)),
             (sys::NFTNL_EXPR_LOOKUP_SET, Attr::Str(cstring(set.name())?)),
             (sys::NFTNL_EXPR_LOOKUP_SET_ID, Attr::U32(id)),
+            // The kernel reports the flags back; setting them here keeps a
+            // locally built rule and its dump textually equal.
+            (sys::NFTNL_EXPR_LOOKUP_FLAGS, Attr::U32(0)),
         ],
     })
 }
@@ -1434,6 +1542,17 @@ fn build_rule<'a>(chain: &'a Chain<'a>, spec: &RuleSpec) -> Result<Rule<'a>> {
             });
             exprs.push(cmp(libc::NFT_CMP_NEQ, vec![0; 4]));
         }
+        RuleSpec::NeighborDiscovery { icmp_type } => {
+            // The same expressions nft generates, so `nft list` reads it back
+            // as written.
+            exprs.extend(family_checks(Family::V6));
+            exprs.push(meta(libc::NFT_META_L4PROTO, REG1));
+            exprs.push(cmp(libc::NFT_CMP_EQ, vec![libc::IPPROTO_ICMPV6 as u8]));
+            exprs.push(payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1, REG1));
+            exprs.push(cmp(libc::NFT_CMP_EQ, vec![*icmp_type]));
+            exprs.push(payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 7, 1, REG1));
+            exprs.push(cmp(libc::NFT_CMP_EQ, vec![255]));
+        }
         RuleSpec::DnsAccept { family, proto } => {
             exprs.extend(family_checks(*family));
             exprs.extend(l4proto_is(*proto));
@@ -1447,7 +1566,9 @@ fn build_rule<'a>(chain: &'a Chain<'a>, spec: &RuleSpec) -> Result<Rule<'a>> {
             // needs), then protocol and port in the next 32-bit registers.
             let (proto_reg, port_reg) = match family {
                 Family::V4 => (libc::NFT_REG32_01, libc::NFT_REG32_02),
-                Family::V6 => (libc::NFT_REG32_04, libc::NFT_REG32_05),
+                // 32-bit register 12 is the start of 128-bit register 2,
+                // and the kernel reports it by that name; use the same one.
+                Family::V6 => (libc::NFT_REG_2, libc::NFT_REG32_05),
             };
             exprs.extend(family_checks(*family));
             exprs.push(daddr(*family));
@@ -1482,7 +1603,12 @@ fn build_rule<'a>(chain: &'a Chain<'a>, spec: &RuleSpec) -> Result<Rule<'a>> {
             });
             exprs.push(RawExpr {
                 name: c"log",
-                attrs: vec![(sys::NFTNL_EXPR_LOG_PREFIX, Attr::Str(cstring(&l.prefix)?))],
+                attrs: vec![
+                    (sys::NFTNL_EXPR_LOG_PREFIX, Attr::Str(cstring(&l.prefix)?)),
+                    // The kernel's default (warning), stated so the dump
+                    // matches what was sent.
+                    (sys::NFTNL_EXPR_LOG_LEVEL, Attr::U32(4)),
+                ],
             });
             verdict = None;
         }

@@ -116,6 +116,12 @@ impl Resolver {
         })
     }
 
+    /// Asks one record type (A or AAAA) for `host`; the daemon schedules
+    /// each family on its own TTL.
+    pub async fn query(&self, host: &HostName, family: Family) -> Outcome {
+        self.inner.query(host, family).await
+    }
+
     /// Asks A and AAAA for `host`, concurrently.
     pub async fn resolve(&self, host: &HostName) -> HostResult {
         self.inner.resolve(host).await

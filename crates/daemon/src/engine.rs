@@ -1,0 +1,687 @@
+//! The engine: one task owns all state; everything else sends it messages.
+//!
+//! Inputs: DNS results from query tasks, file-system events (debounced
+//! here), nf_tables change notifications (drift), signals, control-socket
+//! requests, and timers. The loop computes its next wake-up from the
+//! scheduler (the earliest TTL expiry, kube-rs' "requeue after"), so an idle
+//! daemon sleeps until a TTL runs out instead of polling.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use egress_core::allowlist::Allowlist;
+use egress_core::config::Config;
+use egress_core::diff::ChangeKind;
+use egress_core::policy;
+use egress_core::ruleset::{Layout, Ruleset};
+use egress_core::schedule::{Family, QueryOutcome, ScheduleConfig, Scheduler};
+use egress_core::status::{
+    AddressStatus, ApplyStatus, ConfigError, Counters, EntryStatus, Status, STATUS_FORMAT,
+};
+use egress_core::{Entry, HostName, Target};
+use egress_nft::{ApplyMode, Nft};
+use egress_resolve::{Outcome, Resolver, ResolverSettings};
+use futures::{FutureExt, StreamExt};
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tracing::{debug, error, info, warn};
+
+use crate::control::ControlCall;
+use crate::watch::FileWatcher;
+
+/// How long file events are collected before one reload.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long DNS results are collected into one batch while other queries
+/// are still in flight.
+const APPLY_DEBOUNCE: Duration = Duration::from_millis(50);
+/// Delay before restoring the table after someone else changed it: long
+/// enough to coalesce a burst of notifications, far below the one second
+/// the table may stay wrong.
+const DRIFT_DEBOUNCE: Duration = Duration::from_millis(20);
+/// Retry delay after a failed apply.
+const APPLY_RETRY: Duration = Duration::from_secs(1);
+
+/// Options from the command line.
+pub struct Opts {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Remove the table on SIGTERM/SIGINT.
+    pub flush_on_exit: bool,
+}
+
+/// A validated config and allowlist.
+pub struct Loaded {
+    pub config: Config,
+    pub allowlist: Allowlist,
+    pub entries: Vec<Entry>,
+    pub hosts: Vec<HostName>,
+    pub servers: Vec<SocketAddr>,
+    pub dns_allow: Vec<IpAddr>,
+}
+
+/// Reads and validates both files; every error comes back as a
+/// `PATH:LINE:COL: message` line (or `PATH: message` for I/O errors).
+pub fn load(config_path: &Path) -> Result<(Loaded, Vec<String>), Vec<String>> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", config_path.display())])?;
+    let config = Config::parse(config_path, &text)
+        .map_err(|d| d.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+    let bytes = std::fs::read(&config.allowlist)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", config.allowlist.display())])?;
+    let shown = config.allowlist.display().to_string();
+    let parsed = Allowlist::parse_bytes(&shown, &bytes)
+        .map_err(|d| d.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+    let warnings = parsed.warnings.iter().map(|w| w.to_string()).collect();
+    let allowlist = parsed.allowlist;
+    let entries: Vec<Entry> = allowlist
+        .unique_entries()
+        .into_iter()
+        .map(|l| l.entry.clone())
+        .collect();
+    let hosts: Vec<HostName> = entries
+        .iter()
+        .filter_map(|e| match &e.target {
+            Target::Host(h) => Some(h.clone()),
+            Target::Net(_) => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let servers = match &config.resolver.servers {
+        Some(s) => s.clone(),
+        None => egress_resolve::system_servers().map_err(|e| vec![e.to_string()])?,
+    };
+    let dns_allow = config.effective_dns_allow(&servers);
+    Ok((
+        Loaded {
+            config,
+            allowlist,
+            entries,
+            hosts,
+            servers,
+            dns_allow,
+        },
+        warnings,
+    ))
+}
+
+fn settings(l: &Loaded) -> ResolverSettings {
+    let r = &l.config.resolver;
+    ResolverSettings {
+        servers: l.servers.clone(),
+        timeout: r.timeout,
+        attempts: r.attempts,
+        concurrency: r.concurrency,
+        max_addresses: r.max_addresses,
+    }
+}
+
+fn layout_of(l: &Loaded) -> Layout {
+    policy::layout(&l.config, vec![l.config.network.interface_name()])
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn to_query_outcome(host: &HostName, family: Family, o: Outcome) -> QueryOutcome {
+    match o {
+        Outcome::Answer {
+            addrs,
+            ttl,
+            truncated_from,
+        } => {
+            if let Some(n) = truncated_from {
+                warn!(host = %host, family = family.record_type(), answered = n, kept = addrs.len(), "answer over the address cap; cut");
+            }
+            QueryOutcome::Answer { addrs, ttl }
+        }
+        Outcome::NoData => QueryOutcome::NoData,
+        Outcome::NxDomain => QueryOutcome::NxDomain,
+        Outcome::Failed { reason, detail } => QueryOutcome::Failed {
+            reason: format!("{reason}: {detail}"),
+        },
+    }
+}
+
+fn resolve_family(f: Family) -> egress_resolve::Family {
+    match f {
+        Family::V4 => egress_resolve::Family::V4,
+        Family::V6 => egress_resolve::Family::V6,
+    }
+}
+
+struct DnsDone {
+    host: HostName,
+    family: Family,
+    outcome: QueryOutcome,
+}
+
+/// Notifies systemd (a no-op without NOTIFY_SOCKET).
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The engine's state.
+pub struct Engine {
+    opts: Opts,
+    loaded: Loaded,
+    layout: Layout,
+    resolver: Resolver,
+    sched: Scheduler,
+    nft: Nft,
+    in_flight: HashSet<(HostName, Family)>,
+    dns_tx: mpsc::UnboundedSender<DnsDone>,
+    fs_tx: mpsc::UnboundedSender<()>,
+    watcher: Option<FileWatcher>,
+    apply_at: Option<Instant>,
+    reload_at: Option<Instant>,
+    config_error: Option<ConfigError>,
+    last_apply: Option<ApplyStatus>,
+    denied: Counters,
+    element_count: usize,
+    refused_logged: HashSet<(HostName, IpAddr)>,
+    ready: bool,
+    started_unix_ms: u64,
+    last_status_line: String,
+}
+
+impl Engine {
+    fn watched_files(&self) -> Vec<PathBuf> {
+        vec![
+            self.opts.config_path.clone(),
+            self.loaded.config.allowlist.clone(),
+        ]
+    }
+
+    fn rewatch(&mut self) {
+        let files = self.watched_files();
+        if self
+            .watcher
+            .as_ref()
+            .is_some_and(|w| !w.needs_rebuild(&files))
+        {
+            return;
+        }
+        match FileWatcher::new(&files, self.fs_tx.clone()) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                error!(error = %e, "cannot watch the config and allowlist; edits need SIGHUP")
+            }
+        }
+    }
+
+    /// Starts DNS queries for everything due that is not already asked.
+    fn launch_due(&mut self, now: Instant) {
+        for (host, family) in self.sched.due(now) {
+            if !self.in_flight.insert((host.clone(), family)) {
+                continue;
+            }
+            let resolver = self.resolver.clone();
+            let tx = self.dns_tx.clone();
+            tokio::spawn(async move {
+                let o = resolver.query(&host, resolve_family(family)).await;
+                let outcome = to_query_outcome(&host, family, o);
+                let _ = tx.send(DnsDone {
+                    host,
+                    family,
+                    outcome,
+                });
+            });
+        }
+    }
+
+    fn on_dns(&mut self, d: DnsDone, now: Instant) {
+        self.in_flight.remove(&(d.host.clone(), d.family));
+        let fam = d.family.record_type();
+        match &d.outcome {
+            QueryOutcome::Answer { addrs, ttl } => {
+                debug!(host = %d.host, family = fam, addresses = ?addrs, ttl = ttl.as_secs(), "answer")
+            }
+            QueryOutcome::NoData => debug!(host = %d.host, family = fam, "no records"),
+            QueryOutcome::NxDomain => {
+                warn!(host = %d.host, family = fam, "NXDOMAIN; its addresses expire after grace")
+            }
+            QueryOutcome::Failed { reason } => {
+                warn!(host = %d.host, family = fam, error = %reason, "query failed; keeping the last good answer")
+            }
+        }
+        let r = self.sched.record(&d.host, d.family, d.outcome, now);
+        if let Some(n) = r.truncated {
+            warn!(host = %d.host, family = fam, dropped = n, "more addresses than max_addresses; oldest dropped");
+        }
+        if r.changed || r.refreshed {
+            self.mark_dirty(now, APPLY_DEBOUNCE);
+        }
+    }
+
+    fn mark_dirty(&mut self, now: Instant, within: Duration) {
+        let at = now + within;
+        self.apply_at = Some(self.apply_at.map_or(at, |a| a.min(at)));
+    }
+
+    fn apply(&mut self, now: Instant) {
+        self.apply_at = None;
+        let answers = self.sched.answers(now);
+        let out = policy::desired_elements(
+            &self.loaded.entries,
+            &answers,
+            &self.loaded.dns_allow,
+            &self.loaded.config.firewall.allow_private,
+        );
+        for r in &out.refused {
+            if self.refused_logged.insert((r.host.clone(), r.addr)) {
+                warn!(host = %r.host, address = %r.addr, reason = r.reason, "answer refused: private or special range (see [firewall] allow_private)");
+            }
+        }
+        self.element_count = out.elements.len();
+        let rs = Ruleset {
+            layout: self.layout.clone(),
+            elements: out.elements,
+        };
+        let t0 = Instant::now();
+        match self.nft.apply(&rs) {
+            Ok(report) => {
+                let took = t0.elapsed();
+                let (a, r, f) = (
+                    report.diff.count(ChangeKind::Added),
+                    report.diff.count(ChangeKind::Removed),
+                    report.diff.count(ChangeKind::Refreshed),
+                );
+                let mode = match report.mode {
+                    ApplyMode::Full => "full",
+                    ApplyMode::Elements => "elements",
+                    ApplyMode::Unchanged => "unchanged",
+                };
+                if report.mode == ApplyMode::Full {
+                    info!(table = %self.layout.table, reason = report.reason.as_deref().unwrap_or(""), elements = a, "table loaded");
+                } else if report.mode == ApplyMode::Elements {
+                    info!(
+                        added = a,
+                        removed = r,
+                        refreshed = f,
+                        micros = took.as_micros() as u64,
+                        "elements updated"
+                    );
+                }
+                self.denied = Counters {
+                    packets: report.denied_packets,
+                    bytes: report.denied_bytes,
+                };
+                self.last_apply = Some(ApplyStatus {
+                    at_unix_ms: unix_ms(SystemTime::now()),
+                    duration_us: took.as_micros() as u64,
+                    mode: mode.into(),
+                    reason: report.reason,
+                    added: a,
+                    removed: r,
+                    refreshed: f,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "apply failed; the kernel keeps the previous state; retrying");
+                self.last_apply = Some(ApplyStatus {
+                    at_unix_ms: unix_ms(SystemTime::now()),
+                    duration_us: t0.elapsed().as_micros() as u64,
+                    mode: "failed".into(),
+                    reason: None,
+                    added: 0,
+                    removed: 0,
+                    refreshed: 0,
+                    error: Some(e.to_string()),
+                });
+                self.mark_dirty(now, APPLY_RETRY);
+            }
+        }
+        self.update_status_line(now, false);
+    }
+
+    /// Re-reads both files. Invalid files keep the last good policy.
+    fn reload(&mut self, force_resolve: bool, now: Instant) {
+        self.reload_at = None;
+        notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Custom("")),
+        ]);
+        match load(&self.opts.config_path) {
+            Err(msgs) => {
+                for m in &msgs {
+                    error!(error = %m, "invalid config or allowlist; keeping the last good policy");
+                }
+                self.config_error = Some(ConfigError {
+                    since_unix_ms: unix_ms(SystemTime::now()),
+                    messages: msgs,
+                });
+            }
+            Ok((loaded, warnings)) => {
+                for w in &warnings {
+                    warn!(warning = %w, "allowlist");
+                }
+                if self.config_error.take().is_some() {
+                    info!("config and allowlist valid again");
+                }
+                let old_table = self.layout.table.clone();
+                let resolver_changed = settings(&loaded) != settings(&self.loaded);
+                self.layout = layout_of(&loaded);
+                self.sched
+                    .set_config(ScheduleConfig::from_resolver(&loaded.config.resolver));
+                self.sched.set_hosts(loaded.hosts.iter().cloned(), now);
+                if resolver_changed {
+                    match Resolver::new(settings(&loaded)) {
+                        Ok(r) => self.resolver = r,
+                        Err(e) => {
+                            error!(error = %e, "cannot rebuild the resolver; keeping the old one")
+                        }
+                    }
+                }
+                info!(
+                    entries = loaded.entries.len(),
+                    hosts = loaded.hosts.len(),
+                    "reloaded"
+                );
+                self.loaded = loaded;
+                self.rewatch();
+                self.apply(now);
+                if old_table != self.layout.table {
+                    match self.nft.flush(&old_table) {
+                        Ok(_) => {
+                            info!(table = %old_table, "removed the table of the previous config")
+                        }
+                        Err(e) => {
+                            error!(table = %old_table, error = %e, "cannot remove the previous table")
+                        }
+                    }
+                }
+            }
+        }
+        if force_resolve {
+            self.sched.force_all(now);
+        }
+        self.launch_due(now);
+        self.update_status_line(now, true);
+        notify(&[NotifyState::Ready]);
+    }
+
+    /// The full status (control socket, SIGUSR1).
+    pub fn status(&self, now: Instant) -> Status {
+        let snap = self.sched.snapshot(now);
+        let entries = self
+            .loaded
+            .allowlist
+            .entries()
+            .map(|l| {
+                let (host, addresses, next, err) = match &l.entry.target {
+                    Target::Host(h) => {
+                        let s = snap.iter().find(|s| &s.host == h);
+                        let mut addrs = Vec::new();
+                        let mut next = None;
+                        let mut errs = Vec::new();
+                        if let Some(s) = s {
+                            for f in [&s.v4, &s.v6] {
+                                for a in &f.addresses {
+                                    addrs.push(AddressStatus {
+                                        address: a.addr.to_string(),
+                                        expires_ms: Some(a.remaining.as_millis() as u64),
+                                    });
+                                }
+                                let n = f.next_query_in.as_millis() as u64;
+                                next = Some(next.map_or(n, |x: u64| x.min(n)));
+                                if let Some(e) = &f.last_error {
+                                    errs.push(format!("{}: {e}", f.family.record_type()));
+                                }
+                            }
+                        }
+                        (
+                            Some(h.to_string()),
+                            addrs,
+                            next,
+                            (!errs.is_empty()).then(|| errs.join("; ")),
+                        )
+                    }
+                    Target::Net(_) => (
+                        None,
+                        vec![AddressStatus {
+                            address: l.entry.target.to_string(),
+                            expires_ms: None,
+                        }],
+                        None,
+                        None,
+                    ),
+                };
+                EntryStatus {
+                    line: l.line,
+                    text: l.text.to_string(),
+                    entry: l.entry.to_string(),
+                    host,
+                    addresses,
+                    next_refresh_ms: next,
+                    last_error: err,
+                }
+            })
+            .collect();
+        Status {
+            format: STATUS_FORMAT,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started_unix_ms: self.started_unix_ms,
+            config: self.opts.config_path.display().to_string(),
+            allowlist: self.loaded.config.allowlist.display().to_string(),
+            table: self.layout.table.clone(),
+            interfaces: self.layout.interfaces.clone(),
+            config_error: self.config_error.clone(),
+            last_apply: self.last_apply.clone(),
+            next_refresh_ms: self
+                .sched
+                .next_wakeup()
+                .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            entry_count: self.loaded.entries.len(),
+            address_count: self.element_count,
+            denied: self.denied,
+            entries,
+        }
+    }
+
+    fn update_status_line(&mut self, now: Instant, force: bool) {
+        let line = self.status(now).summary();
+        if force || line != self.last_status_line {
+            notify(&[NotifyState::Status(&line)]);
+            self.last_status_line = line;
+        }
+    }
+
+    /// When the loop must wake up next by itself.
+    fn next_deadline(&self, now: Instant, watchdog_at: Option<Instant>) -> Option<Instant> {
+        // Before readiness the first apply waits for the first round of
+        // answers, so a pending apply must not wake the loop (it would spin).
+        let apply_at = if self.ready { self.apply_at } else { None };
+        let mut next = [apply_at, self.reload_at, watchdog_at]
+            .into_iter()
+            .flatten()
+            .min();
+        // Everything due is in flight after launch_due, so a wake-up in the
+        // past would spin; the earliest query that is not in flight counts.
+        let sched = match self.sched.next_wakeup() {
+            Some(t) if t > now => Some(t),
+            Some(_) => self
+                .sched
+                .snapshot(now)
+                .iter()
+                .flat_map(|h| [(&h.host, &h.v4), (&h.host, &h.v6)])
+                .filter(|(h, f)| !self.in_flight.contains(&((*h).clone(), f.family)))
+                .map(|(_, f)| f.next_query)
+                .min(),
+            None => None,
+        };
+        if let Some(s) = sched {
+            next = Some(next.map_or(s, |n| n.min(s)));
+        }
+        next
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `loaded` was validated by main.
+pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
+    let now = Instant::now();
+    let mut nft = Nft::new()?;
+    let layout = layout_of(&loaded);
+
+    // Closed from the first moment: unless a table with exactly this layout
+    // is already live (a restart, whose resolved elements are still valid
+    // until their kernel timeouts), the table is loaded with its final rules
+    // before the first DNS query; hostnames have no addresses until answered.
+    let live = nft.read(&layout)?;
+    let mut sched = Scheduler::new(ScheduleConfig::from_resolver(&loaded.config.resolver));
+    let resolver = Resolver::new(settings(&loaded))?;
+    let (dns_tx, mut dns_rx) = mpsc::unbounded_channel();
+    let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
+    let (nft_tx, mut nft_rx) = mpsc::unbounded_channel();
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(64);
+    sched.set_hosts(loaded.hosts.iter().cloned(), now);
+    egress_nft::spawn_monitor(nft.portid(), move || nft_tx.send(()).is_ok())?;
+
+    let mut eng = Engine {
+        opts,
+        layout,
+        resolver,
+        sched,
+        nft,
+        in_flight: HashSet::new(),
+        dns_tx,
+        fs_tx,
+        watcher: None,
+        apply_at: None,
+        reload_at: None,
+        config_error: None,
+        last_apply: None,
+        denied: Counters::default(),
+        element_count: 0,
+        refused_logged: HashSet::new(),
+        ready: false,
+        started_unix_ms: unix_ms(SystemTime::now()),
+        last_status_line: String::new(),
+        loaded,
+    };
+    match &live {
+        Some(l) if l.layout_matches => {
+            info!(table = %eng.layout.table, "table already live with this layout; keeping its elements until the first answers")
+        }
+        _ => eng.apply(now),
+    }
+    eng.rewatch();
+    let _control = crate::control::serve(&eng.loaded.config.control.socket, ctl_tx).await?;
+    let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut watchdog_at = watchdog.map(|d| Instant::now() + d);
+    eng.launch_due(Instant::now());
+    if eng.in_flight.is_empty() {
+        eng.apply(Instant::now());
+    }
+
+    loop {
+        let now = Instant::now();
+        if !eng.ready && eng.in_flight.is_empty() {
+            // The first round of answers is in: apply it, then declare
+            // readiness (the table itself was closed since the start).
+            eng.apply(now);
+            eng.ready = true;
+            eng.update_status_line(now, true);
+            notify(&[NotifyState::Ready]);
+            info!(
+                entries = eng.loaded.entries.len(),
+                hosts = eng.loaded.hosts.len(),
+                "ready"
+            );
+        }
+        let deadline = eng.next_deadline(now, watchdog_at);
+        let sleep = async {
+            match deadline {
+                Some(d) => sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut hup = false;
+        let mut stop = false;
+        let mut usr1 = false;
+        let mut on_signal = |s: i32| match s {
+            SIGHUP => hup = true,
+            SIGUSR1 => usr1 = true,
+            _ => stop = true,
+        };
+        tokio::select! {
+            Some(d) = dns_rx.recv() => eng.on_dns(d, Instant::now()),
+            Some(()) = fs_rx.recv() => eng.reload_at = Some(Instant::now() + RELOAD_DEBOUNCE),
+            Some(()) = nft_rx.recv() => {
+                debug!("nf_tables changed by someone else; checking the table");
+                eng.mark_dirty(Instant::now(), DRIFT_DEBOUNCE);
+            }
+            Some(call) = ctl_rx.recv() => match call.request {
+                egress_core::status::Request::Status => {
+                    let _ = call.reply.send(eng.status(Instant::now()));
+                }
+            },
+            Some(s) = signals.next() => on_signal(s),
+            _ = sleep => {}
+        }
+        // Coalesce whatever else is already queued: a burst of SIGHUPs is
+        // one reload, many DNS results are one batch.
+        while let Some(Some(s)) = signals.next().now_or_never() {
+            on_signal(s);
+        }
+        let now = Instant::now();
+        while let Ok(d) = dns_rx.try_recv() {
+            eng.on_dns(d, now);
+        }
+        while fs_rx.try_recv().is_ok() {
+            eng.reload_at = Some(now + RELOAD_DEBOUNCE);
+        }
+        if stop {
+            notify(&[NotifyState::Stopping]);
+            if eng.opts.flush_on_exit {
+                match eng.nft.flush(&eng.layout.table) {
+                    Ok(_) => {
+                        info!(table = %eng.layout.table, "stopping; table removed (--flush-on-exit)")
+                    }
+                    Err(e) => error!(error = %e, "stopping; cannot remove the table"),
+                }
+            } else {
+                info!(table = %eng.layout.table, "stopping; rules stay in place");
+            }
+            return Ok(());
+        }
+        if usr1 {
+            match serde_json::to_string(&eng.status(now)) {
+                Ok(s) => info!(state = %s, "state dump (SIGUSR1)"),
+                Err(e) => error!(error = %e, "cannot serialise the state"),
+            }
+        }
+        if hup {
+            info!("SIGHUP: reloading and re-resolving every host");
+            eng.reload(true, now);
+        } else if eng.reload_at.is_some_and(|t| t <= now) {
+            eng.reload(false, now);
+        }
+        eng.launch_due(now);
+        if eng.ready
+            && eng.apply_at.is_some_and(|t| {
+                t <= now || (eng.in_flight.is_empty() && t <= now + APPLY_DEBOUNCE)
+            })
+        {
+            eng.apply(now);
+        }
+        if let (Some(at), Some(every)) = (watchdog_at, watchdog) {
+            if at <= now {
+                notify(&[NotifyState::Watchdog]);
+                watchdog_at = Some(now + every);
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `openclaw-egressd`: keeps the egress allowlist enforced.
+//!
+//! Runs in the foreground (systemd or launchd supervise it). Validates the
+//! config first and exits non-zero with every error; then loads the table
+//! (closed from the first moment), resolves every hostname, and from then on
+//! re-resolves each one when its TTL runs out, applies allowlist edits live,
+//! restores the table when someone else changes it, and answers `status` on
+//! its control socket.
+
+mod control;
+mod engine;
+mod watch;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use egress_core::config::DEFAULT_CONFIG_PATH;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "openclaw-egressd",
+    version,
+    about = "Egress allowlist firewall daemon for sandboxed agents"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG, when set, wins.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Remove the table on SIGTERM/SIGINT (by default the rules stay in
+    /// place, so traffic stays closed while the daemon is down).
+    #[arg(long)]
+    flush_on_exit: bool,
+}
+
+/// True when stderr is the journal (systemd sets JOURNAL_STREAM to the
+/// device and inode of the stream it connected).
+fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a stat struct into the buffer for a valid fd.
+    let rc = unsafe { libc::fstat(std::io::stderr().as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so the struct is initialised.
+    let st = unsafe { st.assume_init() };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}
+
+fn init_logging(level: &str) {
+    // hickory logs every packet at debug; keep it at warn unless RUST_LOG
+    // asks for it explicitly.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                "{level},hickory_net=warn,hickory_resolver=warn,hickory_proto=warn,mnl=warn,nftnl=warn"
+            ))
+        })
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(j) => {
+                registry
+                    .with(j.with_syslog_identifier("openclaw-egressd".into()))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("openclaw-egressd: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let (loaded, warnings) = match engine::load(&cli.config) {
+        Ok(l) => l,
+        Err(msgs) => {
+            for m in msgs {
+                eprintln!("{m}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("openclaw-egressd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = engine::Opts {
+        config_path: cli.config,
+        flush_on_exit: cli.flush_on_exit,
+    };
+    match rt.block_on(engine::run(opts, loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("openclaw-egressd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! A temporary folder removed on drop.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::netns::unique_name;
+
+/// A fresh folder under the system temp dir (`oct-PID-N-TAG`), mode 0755 so
+/// that daemons that drop privileges (dnsmasq runs as `nobody`) can read
+/// what tests write into it. Removed with its contents on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates the folder.
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        TempDir { path }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path()/name`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `text` to `path()/name` (mode 0644) atomically (write to a
+    /// temporary name, then rename), and returns the path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let target = self.join(name);
+        let tmp = self.join(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::rename(&tmp, &target)
+            .unwrap_or_else(|e| panic!("rename to {}: {e}", target.display()));
+        target
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
