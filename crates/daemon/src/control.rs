@@ -50,9 +50,7 @@ use tokio::time::timeout;
 /// task owns the state and answers; the socket code only moves bytes.
 pub struct ControlCall {
     /// What the client asked.
-    // `status` is the only request so far: an engine that answers every call
-    // with its status need not look at it yet.
-        pub request: Request,
+    pub request: Request,
     /// The engine's answer.
     pub reply: oneshot::Sender<Status>,
 }
