@@ -63,6 +63,12 @@ impl Family {
     }
 }
 
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.record_type())
+    }
+}
+
 /// The result of one query, as the resolver edge classifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryOutcome {

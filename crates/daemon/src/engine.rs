@@ -149,13 +149,6 @@ fn to_query_outcome(host: &HostName, family: Family, o: Outcome) -> QueryOutcome
     }
 }
 
-fn resolve_family(f: Family) -> egress_resolve::Family {
-    match f {
-        Family::V4 => egress_resolve::Family::V4,
-        Family::V6 => egress_resolve::Family::V6,
-    }
-}
-
 struct DnsDone {
     host: HostName,
     family: Family,
@@ -227,7 +220,7 @@ impl Engine {
             let resolver = self.resolver.clone();
             let tx = self.dns_tx.clone();
             tokio::spawn(async move {
-                let o = resolver.query(&host, resolve_family(family)).await;
+                let o = resolver.query(&host, family).await;
                 let outcome = to_query_outcome(&host, family, o);
                 let _ = tx.send(DnsDone {
                     host,
@@ -410,8 +403,13 @@ impl Engine {
         notify(&[NotifyState::Ready]);
     }
 
-    /// The full status (control socket, SIGUSR1).
-    pub fn status(&self, now: Instant) -> Status {
+    /// The full status (control socket, SIGUSR1), with the deny counters
+    /// read from the kernel now.
+    pub fn status(&mut self, now: Instant) -> Status {
+        match self.nft.denied_counters(&self.layout) {
+            Ok((packets, bytes)) => self.denied = Counters { packets, bytes },
+            Err(e) => debug!(error = %e, "cannot read the deny counters"),
+        }
         let snap = self.sched.snapshot(now);
         let entries = self
             .loaded

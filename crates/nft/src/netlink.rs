@@ -246,18 +246,7 @@ impl Nft {
                 drift.push(format!("unexpected chain {}", c.name));
             }
         }
-        let deny_tags = want_chains
-            .iter()
-            .flat_map(|c| c.rules.iter())
-            .filter(|r| r.counts_denied())
-            .map(|r| udata_comment(sys::NFTNL_UDATA_RULE_COMMENT, &r.tag()))
-            .collect::<Result<Vec<_>>>()?;
-        for r in &rules {
-            if deny_tags.contains(&r.udata) {
-                live.denied_packets += r.packets;
-                live.denied_bytes += r.bytes;
-            }
-        }
+        (live.denied_packets, live.denied_bytes) = deny_counters(&want_chains, &rules)?;
 
         for set in SetId::ALL {
             if sets.iter().any(|s| s.name == set.name()) {
@@ -269,6 +258,15 @@ impl Nft {
         live.layout_matches = drift.is_empty();
         live.drift = (!drift.is_empty()).then(|| drift.join("; "));
         Ok(Some(live))
+    }
+
+    /// Packets and bytes counted by the deny rules (rules only, no
+    /// elements: cheap enough for every `status`). `(0, 0)` when the table
+    /// is absent.
+    pub fn denied_counters(&mut self, layout: &Layout) -> Result<(u64, u64)> {
+        let name = cstring(&layout.table)?;
+        let rules = self.dump_rules(&name)?;
+        deny_counters(&layout.chains(), &rules)
     }
 
     /// What [`Nft::apply`] would do, without doing it: the live table (if
@@ -920,6 +918,21 @@ struct LiveRule {
     exprs: String,
     packets: u64,
     bytes: u64,
+}
+
+fn deny_counters(chains: &[ChainSpec], rules: &[LiveRule]) -> Result<(u64, u64)> {
+    let deny_tags = chains
+        .iter()
+        .flat_map(|c| c.rules.iter())
+        .filter(|r| r.counts_denied())
+        .map(|r| udata_comment(sys::NFTNL_UDATA_RULE_COMMENT, &r.tag()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut total = (0, 0);
+    for r in rules.iter().filter(|r| deny_tags.contains(&r.udata)) {
+        total.0 += r.packets;
+        total.1 += r.bytes;
+    }
+    Ok(total)
 }
 
 fn set_flags(set: SetId) -> u32 {

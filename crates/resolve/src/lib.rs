@@ -45,33 +45,9 @@ pub struct ResolverSettings {
     pub max_addresses: usize,
 }
 
-/// An address family, i.e. which record type is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4, `A` records.
-    V4,
-    /// IPv6, `AAAA` records.
-    V6,
-}
-
-impl Family {
-    /// Both families, IPv4 first.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The DNS record type asked for this family (`"A"` or `"AAAA"`).
-    pub fn record_type(self) -> &'static str {
-        match self {
-            Family::V4 => "A",
-            Family::V6 => "AAAA",
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.record_type())
-    }
-}
+/// An address family, i.e. which record type is asked (shared with the
+/// scheduler, which tracks each family on its own TTL).
+pub use egress_core::schedule::Family;
 
 /// What one query (one host, one family) produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
