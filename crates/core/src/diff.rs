@@ -100,12 +100,20 @@ impl Diff {
     }
 }
 
-/// How much earlier than desired a live element may expire before it is
-/// refreshed: 1% of the timeout, between 1 s and 10 s. Without slack every
-/// re-apply would renew every resolved element; with too much, an address
-/// could close before `grace` after its last answer is over.
+/// Extra lifetime written into the kernel on top of the desired timeout:
+/// 1% of it, between 1 s and 10 s. An element is refreshed only when it
+/// would expire before its desired deadline, so it never closes early;
+/// the slack is what keeps a re-apply moments later from renewing every
+/// resolved element. The price: an address may stay open up to the slack
+/// after its deadline.
 pub fn refresh_slack(timeout: Duration) -> Duration {
     (timeout / 100).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// The timeout a backend writes for an element whose desired remaining
+/// lifetime is `timeout`.
+pub fn kernel_timeout(timeout: Duration) -> Duration {
+    timeout + refresh_slack(timeout)
 }
 
 fn needs_refresh(desired: &ElementAttrs, live: &LiveAttrs) -> bool {
@@ -113,7 +121,8 @@ fn needs_refresh(desired: &ElementAttrs, live: &LiveAttrs) -> bool {
         (None, None, _) => false,
         // Permanent wanted but it would expire, or the other way round.
         (None, Some(_), _) | (Some(_), None, _) => true,
-        (Some(want), Some(_), Some(left)) => left + refresh_slack(want) < want,
+        // The kernel would close it before the desired deadline.
+        (Some(want), Some(_), Some(left)) => left < want,
         (Some(_), Some(_), None) => true,
     }
 }
@@ -236,9 +245,16 @@ mod tests {
     fn fresh_enough_timeouts_are_left_alone() {
         let mut want = Elements::new();
         let mut have = LiveElements::new();
+        // Written 606 s (600 + slack) a few seconds ago: still beyond the
+        // desired deadline, so nothing to send.
         want.insert(SetId::Any4, key("192.0.2.1"), attrs(Some(600)));
-        have.insert(SetId::Any4, key("192.0.2.1"), live(Some(600), Some(597)));
+        have.insert(SetId::Any4, key("192.0.2.1"), live(Some(606), Some(603)));
         assert!(diff(&want, &have).is_empty());
+        // One second short of the deadline: refreshed, never left to close
+        // early.
+        let mut have = LiveElements::new();
+        have.insert(SetId::Any4, key("192.0.2.1"), live(Some(606), Some(599)));
+        assert_eq!(diff(&want, &have).count(ChangeKind::Refreshed), 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use egress_core::diff::{diff, Change, Diff, LiveAttrs, LiveElements};
+use egress_core::diff::{diff, kernel_timeout, Change, Diff, LiveAttrs, LiveElements};
 use egress_core::ruleset::{
     ChainSpec, ElementKey, Family, Hook, Layout, RuleSpec, Ruleset, SetId, SetKind, BASE_PRIORITY,
     POLICY_CHAIN,
@@ -1213,7 +1213,7 @@ fn push_elements(
                             // governs the whole interval.
                             if let Some(t) = c.attrs.timeout.filter(|_| !raw.interval_end) {
                                 // The kernel needs at least 1 ms.
-                                let ms = (t.as_millis() as u64).max(1);
+                                let ms = (kernel_timeout(t).as_millis() as u64).max(1);
                                 sys::nftnl_set_elem_set_u64(
                                     e,
                                     sys::NFTNL_SET_ELEM_TIMEOUT as u16,

@@ -103,7 +103,8 @@ fn desired_view(e: &Elements) -> View {
     let mut v = View::new();
     for set in SetId::ALL {
         for (k, a) in e.set(set) {
-            v.insert((set, *k), a.timeout);
+            // The backend writes the desired timeout plus the refresh slack.
+            v.insert((set, *k), a.timeout.map(egress_core::diff::kernel_timeout));
         }
     }
     v
@@ -220,10 +221,11 @@ fn apply_then_read_back_gives_the_desired_table() {
             .set(SetId::Svc4)
             .find(|(k, _)| **k == timed)
             .expect("resolved element is live");
-        assert_eq!(attrs.timeout, Some(Duration::from_secs(600)));
+        // 600 s wanted, written with the 6 s refresh slack on top.
+        assert_eq!(attrs.timeout, Some(Duration::from_secs(606)));
         let left = attrs.expires.expect("a timed element expires");
         assert!(
-            left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+            left <= Duration::from_secs(606) && left > Duration::from_secs(596),
             "{left:?}"
         );
         let (_, perm) = live
@@ -245,11 +247,11 @@ fn apply_then_read_back_gives_the_desired_table() {
                 "198.18.1.10 . tcp . 443 comment \"198.18.1.10:443\"",
                 "198.18.1.12 . udp . 5353 comment \"198.18.1.12:5353/udp\"",
                 "198.18.1.13 . tcp . 8000-8010 comment \"198.18.1.13:8000-8010\"",
-                "198.18.1.20 . tcp . 443 timeout 10m expires",
+                "198.18.1.20 . tcp . 443 timeout 10m6s expires",
                 "comment \"api.oc.test\"",
                 "set allow_v6 {",
                 "2001:db8:1::10 . tcp . 443 comment \"[2001:db8:1::10]:443\"",
-                "2001:db8:1::20 . tcp . 443 timeout 5m expires",
+                "2001:db8:1::20 . tcp . 443 timeout 5m3s expires",
                 "set allow_all_ports_v4 {",
                 "198.18.1.11 comment \"198.18.1.11\"",
                 "set allow_all_ports_v6 {",
@@ -750,7 +752,8 @@ fn a_timed_element_disappears_from_the_kernel_by_itself() {
         let live = assert_live_is(nft, &rs);
         assert_eq!(
             live_view(&live.elements).get(&short),
-            Some(&Some(Duration::from_secs(2)))
+            // 2 s wanted plus the 1 s refresh slack.
+            Some(&Some(Duration::from_secs(3)))
         );
 
         let start = Instant::now();
@@ -765,8 +768,8 @@ fn a_timed_element_disappears_from_the_kernel_by_itself() {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "the 2 s element is still live after {:?}",
+                start.elapsed() < Duration::from_secs(6),
+                "the 3 s element is still live after {:?}",
                 start.elapsed()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -803,12 +806,13 @@ fn an_element_running_out_early_is_refreshed_by_delete_and_add() {
             (attrs.timeout, attrs.expires.expect("timed element"))
         };
         nft.apply(&rs).unwrap();
-        // Within the refresh slack (1 s for 20 s): nothing to do.
+        // Written as 21 s (20 s + 1 s slack): a re-apply at once sends nothing.
         assert_eq!(nft.apply(&rs).unwrap().mode, ApplyMode::Unchanged);
 
         std::thread::sleep(Duration::from_millis(2500));
         let (_, left) = expires(nft);
-        assert!(left < Duration::from_millis(18_000), "{left:?}");
+        // Now it would close before the desired 20 s: refreshed.
+        assert!(left < Duration::from_millis(19_000), "{left:?}");
         let r = nft.apply(&rs).unwrap();
         assert_eq!(r.mode, ApplyMode::Elements);
         assert_eq!(r.diff.count(ChangeKind::Refreshed), 1);
@@ -816,9 +820,9 @@ fn an_element_running_out_early_is_refreshed_by_delete_and_add() {
         assert_eq!((r.diff.delete.len(), r.diff.add.len()), (1, 1));
         assert_eq!((r.messages, r.element_messages), (2, 2));
         let (timeout, left) = expires(nft);
-        assert_eq!(timeout, Some(twenty));
+        assert_eq!(timeout, Some(twenty + Duration::from_secs(1)));
         assert!(
-            left > Duration::from_millis(19_000),
+            left > Duration::from_millis(20_000),
             "not refreshed: {left:?}"
         );
 
