@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 if ! command -v cargo >/dev/null; then
-    echo "install.sh: needs a Rust toolchain >= 1.85 (https://rustup.rs); Debian's cargo is too old" >&2
+    echo "install.sh: needs a Rust toolchain >= 1.88 (https://rustup.rs); Debian's cargo is too old" >&2
     exit 1
 fi
 

@@ -1,14 +1,16 @@
-//! `openclaw-egress`: check, plan, apply, show and flush the egress policy.
+//! `openclaw-egress`: check, plan, apply, show, flush, allow, remove and
+//! status of the egress policy.
 //!
 //! Exit codes: 0 success; 1 error (invalid config or allowlist, kernel
 //! refused, ...); 2 usage error; 3 applied or planned, but some hostnames
 //! could not be resolved (they are closed: no addresses); `status` has its
 //! own: 0 ok, 1 the daemon holds a config error, 4 the daemon is unreachable.
 
+mod edit;
 mod load;
 mod status;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -58,6 +60,39 @@ enum Command {
     },
     /// Remove the table (egress is then no longer filtered).
     Flush,
+    /// Add an entry to the allowlist file (a running daemon applies it).
+    ///
+    /// ENTRY is `host`, `host:port`, `10.0.0.0/8`, `[2001:db8::1]:53/udp`,
+    /// ... as in the allowlist. The new line is appended; every other byte of
+    /// the file is kept. An entry that is already listed is not added again
+    /// (exit 0). The file is replaced atomically, keeping its owner and mode;
+    /// it is created (mode 0644) when missing.
+    Allow {
+        /// The entry to allow.
+        entry: String,
+        /// A comment for the new line (`ENTRY  # TEXT`); one line, no
+        /// control characters.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// Then apply the policy once, like `apply` (for when no daemon
+        /// runs); exit 3 when some hostname did not resolve.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Remove every line holding an entry from the allowlist file.
+    ///
+    /// Every other byte of the file is kept; the file is replaced
+    /// atomically, keeping its owner and mode. Exit 1 when the entry is not
+    /// in the allowlist (nothing is written).
+    Remove {
+        /// The entry to remove, spelled as for `allow` (it is compared by
+        /// meaning: `Example.COM:443` matches `example.com:443`).
+        entry: String,
+        /// Then apply the policy once, like `apply` (for when no daemon
+        /// runs); exit 3 when some hostname did not resolve.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Ask the running daemon for its status (over its control socket).
     ///
     /// Exit codes: 0 the daemon answered and its config and allowlist are
@@ -166,36 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(partial_code(&desired))
         }
-        Command::Apply => {
-            let loaded = load::load(config)?;
-            print_warnings(&loaded);
-            let desired = load::desired(&loaded)?;
-            report_resolution(&desired);
-            let mut nft = egress_nft::Nft::new()?;
-            let report = nft
-                .apply(&desired.ruleset)
-                .with_context(|| format!("applying table inet {}", desired.ruleset.layout.table))?;
-            let how = match report.mode {
-                egress_nft::ApplyMode::Full => format!(
-                    "full load ({})",
-                    report.reason.as_deref().unwrap_or("requested")
-                ),
-                egress_nft::ApplyMode::Elements => "element diff".to_string(),
-                egress_nft::ApplyMode::Unchanged => "no change".to_string(),
-            };
-            println!(
-                "table inet {}: {how}; {}; {} messages ({} element messages, {} bytes); resolve {:.1} ms, read {:.1} ms, write {:.1} ms",
-                desired.ruleset.layout.table,
-                diff_summary(&report.diff),
-                report.messages,
-                report.element_messages,
-                report.bytes,
-                desired.resolve_time.as_secs_f64() * 1e3,
-                report.read_time.as_secs_f64() * 1e3,
-                report.write_time.as_secs_f64() * 1e3,
-            );
-            Ok(partial_code(&desired))
-        }
+        Command::Apply => apply(config),
         Command::Flush => {
             let table = load::load_config(config)?.1.firewall.table;
             let mut nft = egress_nft::Nft::new()?;
@@ -210,7 +216,65 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => status::run(config, json),
+        Command::Allow {
+            entry,
+            comment,
+            apply: then_apply,
+        } => {
+            edit::allow(config, &entry, comment.as_deref())?;
+            if then_apply {
+                apply(config)
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Remove {
+            entry,
+            apply: then_apply,
+        } => {
+            if !edit::remove(config, &entry)? {
+                return Ok(ExitCode::FAILURE);
+            }
+            if then_apply {
+                apply(config)
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
     }
+}
+
+/// `apply`: resolve once and make the kernel enforce the policy (also run
+/// by `allow --apply` and `remove --apply`).
+fn apply(config: Option<&Path>) -> Result<ExitCode> {
+    let loaded = load::load(config)?;
+    print_warnings(&loaded);
+    let desired = load::desired(&loaded)?;
+    report_resolution(&desired);
+    let mut nft = egress_nft::Nft::new()?;
+    let report = nft
+        .apply(&desired.ruleset)
+        .with_context(|| format!("applying table inet {}", desired.ruleset.layout.table))?;
+    let how = match report.mode {
+        egress_nft::ApplyMode::Full => format!(
+            "full load ({})",
+            report.reason.as_deref().unwrap_or("requested")
+        ),
+        egress_nft::ApplyMode::Elements => "element diff".to_string(),
+        egress_nft::ApplyMode::Unchanged => "no change".to_string(),
+    };
+    println!(
+        "table inet {}: {how}; {}; {} messages ({} element messages, {} bytes); resolve {:.1} ms, read {:.1} ms, write {:.1} ms",
+        desired.ruleset.layout.table,
+        diff_summary(&report.diff),
+        report.messages,
+        report.element_messages,
+        report.bytes,
+        desired.resolve_time.as_secs_f64() * 1e3,
+        report.read_time.as_secs_f64() * 1e3,
+        report.write_time.as_secs_f64() * 1e3,
+    );
+    Ok(partial_code(&desired))
 }
 
 fn print_warnings(loaded: &Loaded) {

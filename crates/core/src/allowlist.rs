@@ -2,7 +2,7 @@
 //!
 //! The file format is a strict superset of the reference `allowlist.conf`
 //! (`host:port` or a bare `host` per line, `#` comments, blank lines). Users
-//! edit this file by hand and through `add`/`remove`, so the parsed value keeps
+//! edit this file by hand and through `allow`/`remove`, so the parsed value keeps
 //! every line exactly as written (including its line terminator and a leading
 //! BOM): printing it back gives the input byte for byte, and edits touch only
 //! the lines they add or drop.

@@ -59,7 +59,9 @@ pub struct Config {
 pub struct NetworkConfig {
     /// Name of the Docker network.
     pub docker: String,
-    /// Explicit interface name; when set, Docker is not asked for the bridge.
+    /// Explicit interface name to filter. When unset, the Docker network
+    /// name (cut to 15 bytes) is used; asking Docker for the bridge is a
+    /// later change.
     pub interface: Option<String>,
 }
 
