@@ -25,6 +25,7 @@ mod dns;
 mod dnsmasq;
 mod netns;
 mod probe;
+mod run;
 mod servers;
 mod tempdir;
 mod topology;
@@ -36,6 +37,7 @@ pub use probe::{
     dns_tcp, dns_udp, run_probe, tcp, tcp_connect, udp, udp_roundtrip, Probe, Target, TargetKind,
     BLOCKED_TIMEOUT, PATIENT_TIMEOUT,
 };
+pub use run::Run;
 pub use servers::{Servers, Transport, STANDARD_TCP_PORTS, STANDARD_UDP_PORTS};
 pub use tempdir::TempDir;
 pub use topology::{

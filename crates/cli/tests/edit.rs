@@ -6,54 +6,9 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use testkit::{require_root, Netns, TempDir};
+use testkit::{require_root, Netns, Run, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openclaw-egress");
-
-/// What a CLI run printed and how it exited.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Run {
-    fn from(out: std::process::Output) -> Run {
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "unexpected exit code:\n{self}");
-        self
-    }
-
-    #[track_caller]
-    fn stdout_has(&self, s: &str) -> &Run {
-        assert!(self.stdout.contains(s), "stdout lacks {s:?}:\n{self}");
-        self
-    }
-
-    #[track_caller]
-    fn stderr_has(&self, s: &str) -> &Run {
-        assert!(self.stderr.contains(s), "stderr lacks {s:?}:\n{self}");
-        self
-    }
-}
 
 /// A temp folder with `egressd.toml` naming `allowlist.conf` next to it.
 struct Env {

@@ -9,36 +9,11 @@ use std::path::PathBuf;
 
 use testkit::errno::{EACCES, EHOSTUNREACH};
 use testkit::{
-    dns_tcp, dns_udp, require_root, tcp, udp, Dnsmasq, Netns, Probe, Servers, Target, TempDir,
+    dns_tcp, dns_udp, require_root, tcp, udp, Dnsmasq, Netns, Probe, Run, Servers, Target, TempDir,
     Topology, Transport, BLOCKED_TIMEOUT, DNS_V4, DNS_V6, ROUTER_IN_V4, ROUTER_OUT_V4,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_openclaw-egress");
-
-/// What a CLI run printed and how it exited.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Run {
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "unexpected exit code:\n{self}");
-        self
-    }
-}
 
 /// The settings a test varies.
 struct Settings {
@@ -120,11 +95,7 @@ impl<'a> Cli<'a> {
         let out = self
             .router
             .exec([BIN, "--config", config.to_str().unwrap(), command]);
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(out)
     }
 
     /// `nft list table inet TABLE` in the router (panics if absent).
