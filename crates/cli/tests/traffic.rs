@@ -91,11 +91,14 @@ impl<'a> Cli<'a> {
     }
 
     fn run(&self, command: &str) -> Run {
+        self.run_args(&[command])
+    }
+
+    fn run_args(&self, args: &[&str]) -> Run {
         let config = self.config_path();
-        let out = self
-            .router
-            .exec([BIN, "--config", config.to_str().unwrap(), command]);
-        Run::from(out)
+        let mut argv = vec![BIN, "--config", config.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        Run::from(self.router.exec(argv))
     }
 
     /// `nft list table inet TABLE` in the router (panics if absent).
@@ -740,4 +743,76 @@ fn flush_removes_the_configured_table_even_when_the_allowlist_is_broken() {
     );
     assert!(!cli.table_exists(), "the table is still loaded");
     topo.expect(&open(&[tcp("198.18.1.14:443")]), BLOCKED_TIMEOUT);
+}
+
+#[test]
+fn plan_and_show_json_describe_the_change_and_the_ruleset() {
+    let (topo, _servers) = setup("json");
+    let cli = Cli::new(&topo, "json");
+    cli.allowlist("198.18.1.10:443\n198.18.1.11:22\n");
+    cli.run("apply").expect_code(0);
+    cli.allowlist("198.18.1.11:22\n198.18.1.14:8080\n");
+
+    let plan = cli.run_args(&["plan", "--json"]);
+    plan.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan --json is JSON");
+    assert_eq!(v["table"], cli.table.as_str(), "{plan}");
+    assert_eq!(v["full_reload"], false, "{plan}");
+    let changes: Vec<(String, String, String)> = v["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_string(),
+                c["set"].as_str().unwrap().to_string(),
+                c["element"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (
+                "remove".into(),
+                "allow_v4".into(),
+                "198.18.1.10 . tcp . 443".into()
+            ),
+            (
+                "add".into(),
+                "allow_v4".into(),
+                "198.18.1.14 . tcp . 8080".into()
+            ),
+        ],
+        "{plan}"
+    );
+    assert_eq!(v["unresolved"], serde_json::json!([]), "{plan}");
+
+    let show = cli.run_args(&["show", "--json"]);
+    show.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&show.stdout).expect("show --json is JSON");
+    assert_eq!(v["table"], cli.table.as_str(), "{show}");
+    assert_eq!(v["action"], "reject", "{show}");
+    assert_eq!(
+        v["interfaces"],
+        serde_json::json!([topo.ingress()]),
+        "{show}"
+    );
+    let v4: Vec<&str> = v["sets"]["allow_v4"]
+        .as_array()
+        .expect("allow_v4")
+        .iter()
+        .map(|e| e["element"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        v4,
+        ["198.18.1.11 . tcp . 22", "198.18.1.14 . tcp . 8080"],
+        "{show}"
+    );
+    assert_eq!(v["sets"]["dns_v4"][0]["element"], "198.18.1.53", "{show}");
+
+    // show and plan only describe: the kernel still holds the applied state.
+    let listing = cli.listing();
+    assert!(listing.contains("198.18.1.10 . tcp . 443"), "{listing}");
+    assert!(!listing.contains("198.18.1.14"), "{listing}");
 }

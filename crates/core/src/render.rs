@@ -172,3 +172,158 @@ pub fn ruleset_text(ruleset: &Ruleset) -> String {
     write_table(&mut out, &ruleset.layout, Some(&ruleset.elements), true);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+    use crate::ruleset::{AddrRange, ElementAttrs, ElementKey, LogSpec};
+    use crate::{PortRange, Proto};
+
+    fn layout(action: Action, log: bool) -> Layout {
+        Layout {
+            table: "openclaw_egress".into(),
+            interfaces: vec!["openclaw-egress".into()],
+            action,
+            log: log.then(|| LogSpec {
+                rate: 5,
+                burst: 10,
+                prefix: "openclaw-egress deny: ".into(),
+            }),
+        }
+    }
+
+    /// The whole rendering, as a person reads it in `show` (and as
+    /// `nft list table` prints the same table: checked against the kernel in
+    /// crates/nft/tests/kernel.rs).
+    #[test]
+    fn snapshot_of_a_small_ruleset() {
+        let mut elements = Elements::new();
+        elements.insert(
+            SetId::Svc4,
+            ElementKey::Service {
+                addr: AddrRange::single("198.18.1.10".parse().unwrap()),
+                proto: Proto::Tcp,
+                ports: PortRange::single(443),
+            },
+            ElementAttrs {
+                timeout: Some(Duration::from_secs(330)),
+                comment: "api.example".into(),
+            },
+        );
+        elements.insert(
+            SetId::Any6,
+            ElementKey::Range(AddrRange {
+                start: "2001:db8::".parse().unwrap(),
+                end: "2001:db8::ffff".parse().unwrap(),
+            }),
+            ElementAttrs {
+                timeout: None,
+                comment: "2001:db8::/112".into(),
+            },
+        );
+        elements.insert(
+            SetId::Dns4,
+            ElementKey::Addr("198.18.1.53".parse().unwrap()),
+            ElementAttrs {
+                timeout: None,
+                comment: "dns server".into(),
+            },
+        );
+        let rs = Ruleset {
+            layout: layout(Action::Reject, true),
+            elements,
+        };
+        let want = format!(
+            r#"table inet openclaw_egress {{
+	comment "{}"
+	set allow_v4 {{
+		type ipv4_addr . inet_proto . inet_service
+		flags interval,timeout
+		elements = {{ 198.18.1.10 . tcp . 443 timeout 5m30s comment "api.example" }}
+	}}
+	set allow_v6 {{
+		type ipv6_addr . inet_proto . inet_service
+		flags interval,timeout
+	}}
+	set allow_all_ports_v4 {{
+		type ipv4_addr
+		flags interval,timeout
+	}}
+	set allow_all_ports_v6 {{
+		type ipv6_addr
+		flags interval,timeout
+		elements = {{ 2001:db8::/112 comment "2001:db8::/112" }}
+	}}
+	set dns_v4 {{
+		type ipv4_addr
+		elements = {{ 198.18.1.53 comment "dns server" }}
+	}}
+	set dns_v6 {{
+		type ipv6_addr
+	}}
+	chain forward {{
+		type filter hook forward priority -10; policy accept;
+		iifname "openclaw-egress" jump egress comment "traffic from the agent network"
+	}}
+	chain input {{
+		type filter hook input priority -10; policy accept;
+		iifname "openclaw-egress" jump egress comment "traffic from the agent network"
+	}}
+	chain egress {{
+		ct state established,related accept comment "replies to allowed connections"
+		icmpv6 type nd-router-solicit ip6 hoplimit 255 accept comment "ipv6 neighbour discovery (nd-router-solicit)"
+		icmpv6 type nd-neighbor-solicit ip6 hoplimit 255 accept comment "ipv6 neighbour discovery (nd-neighbor-solicit)"
+		icmpv6 type nd-neighbor-advert ip6 hoplimit 255 accept comment "ipv6 neighbour discovery (nd-neighbor-advert)"
+		ip daddr @dns_v4 udp dport 53 accept comment "dns udp to allowed servers (ip)"
+		ip daddr @dns_v4 tcp dport 53 accept comment "dns tcp to allowed servers (ip)"
+		ip6 daddr @dns_v6 udp dport 53 accept comment "dns udp to allowed servers (ip6)"
+		ip6 daddr @dns_v6 tcp dport 53 accept comment "dns tcp to allowed servers (ip6)"
+		ip daddr . meta l4proto . th dport @allow_v4 accept comment "allowlisted address:port (ip)"
+		ip6 daddr . meta l4proto . th dport @allow_v6 accept comment "allowlisted address:port (ip6)"
+		meta l4proto tcp ip daddr @allow_all_ports_v4 accept comment "allowlisted address, any tcp port (ip)"
+		meta l4proto udp ip daddr @allow_all_ports_v4 accept comment "allowlisted address, any udp port (ip)"
+		meta l4proto tcp ip6 daddr @allow_all_ports_v6 accept comment "allowlisted address, any tcp port (ip6)"
+		meta l4proto udp ip6 daddr @allow_all_ports_v6 accept comment "allowlisted address, any udp port (ip6)"
+		limit rate 5/second burst 10 packets log prefix "openclaw-egress deny: " comment "log denied (rate-limited)"
+		meta l4proto tcp counter reject with tcp reset comment "deny: tcp reset"
+		counter reject with icmpx admin-prohibited comment "deny: icmp admin-prohibited"
+	}}
+}}
+"#,
+            rs.layout.table_comment()
+        );
+        assert_eq!(ruleset_text(&rs), want);
+    }
+
+    #[test]
+    fn drop_without_logging_ends_in_one_counted_drop() {
+        let text = layout_text(&layout(Action::Drop, false));
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        assert_eq!(
+            tail,
+            ["}", "\t}", "\t\tcounter drop comment \"deny: drop\""],
+            "{text}"
+        );
+        assert!(!text.contains("log prefix"), "{text}");
+        assert!(!text.contains("reject"), "{text}");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_layout_not_the_elements() {
+        let a = layout(Action::Reject, true);
+        let mut b = a.clone();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.interfaces = vec!["other0".into()];
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let c = layout(Action::Drop, true);
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn durations_use_nft_syntax() {
+        assert_eq!(nft_duration(Duration::from_millis(333_300)), "5m33s300ms");
+        assert_eq!(nft_duration(Duration::from_secs(90_061)), "1d1h1m1s");
+        assert_eq!(nft_duration(Duration::ZERO), "0s");
+    }
+}
