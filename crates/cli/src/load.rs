@@ -2,46 +2,23 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use egress_core::allowlist::Allowlist;
 use egress_core::config::{Config, DEFAULT_CONFIG_PATH};
-use egress_core::policy::{self, AddressAnswer, Answers, Refusal};
+use egress_core::inputs::Inputs;
+use egress_core::policy::{self, Answers, Refusal};
 use egress_core::ruleset::Ruleset;
-use egress_core::{Diagnostic, Entry, HostName, Target};
-use egress_resolve::{HostResult, Outcome, Resolver, ResolverSettings};
+use egress_core::schedule::{Family, ScheduleConfig, Scheduler};
+use egress_core::{Diagnostic, HostName};
+use egress_resolve::{Outcome, Resolver, ResolverSettings};
 
-/// Config and allowlist, validated.
+/// Config and allowlist, validated, with what follows from them.
 pub struct Loaded {
-    pub config: Config,
+    pub inputs: Inputs,
     pub config_path: PathBuf,
-    pub allowlist: Allowlist,
     pub warnings: Vec<Diagnostic>,
-}
-
-impl Loaded {
-    pub fn entries(&self) -> Vec<Entry> {
-        self.allowlist
-            .unique_entries()
-            .into_iter()
-            .map(|l| l.entry.clone())
-            .collect()
-    }
-
-    pub fn hosts(&self) -> Vec<HostName> {
-        let mut hosts: Vec<HostName> = self
-            .entries()
-            .into_iter()
-            .filter_map(|e| match e.target {
-                Target::Host(h) => Some(h),
-                Target::Net(_) => None,
-            })
-            .collect();
-        hosts.sort();
-        hosts.dedup();
-        hosts
-    }
 }
 
 /// Errors that carry their own `PATH:LINE:COL` lines; printed as they are.
@@ -82,33 +59,28 @@ pub fn load_config(config_path: Option<&Path>) -> Result<(PathBuf, Config)> {
     Ok((path, config))
 }
 
-/// Reads and validates the config and the allowlist.
+/// Reads and validates the config and the allowlist, and finds the DNS
+/// servers (the config's, or /etc/resolv.conf's).
 pub fn load(config_path: Option<&Path>) -> Result<Loaded> {
     let (path, config) = load_config(config_path)?;
     let bytes = std::fs::read(&config.allowlist)
         .with_context(|| format!("cannot read allowlist {}", config.allowlist.display()))?;
     let shown = config.allowlist.display().to_string();
     let parsed = Allowlist::parse_bytes(&shown, &bytes).map_err(|d| Invalid(d.to_string()))?;
+    let servers = match &config.resolver.servers {
+        Some(s) => s.clone(),
+        None => egress_resolve::system_servers()?,
+    };
     Ok(Loaded {
-        config,
+        inputs: Inputs::new(config, parsed.allowlist, servers),
         config_path: path,
-        allowlist: parsed.allowlist,
         warnings: parsed.warnings,
     })
-}
-
-/// The DNS servers to ask: the config's, or /etc/resolv.conf's.
-pub fn resolver_servers(config: &Config) -> Result<Vec<std::net::SocketAddr>> {
-    match &config.resolver.servers {
-        Some(s) => Ok(s.clone()),
-        None => Ok(egress_resolve::system_servers()?),
-    }
 }
 
 /// Per-host result of the one-shot resolution.
 pub struct Resolution {
     pub answers: Answers,
-    pub results: Vec<HostResult>,
     /// Hosts for which some query failed (timeout, SERVFAIL, ...), or that
     /// have no address at all: they are closed or partly closed.
     pub failed: Vec<(HostName, String)>,
@@ -123,24 +95,19 @@ fn describe(o: &Outcome) -> String {
     }
 }
 
-/// Resolves every hostname once (A and AAAA, concurrently, bounded).
-pub fn resolve(config: &Config, hosts: &[HostName]) -> Result<Resolution> {
+/// Resolves every hostname once (A and AAAA, concurrently, bounded). The
+/// answers go through the daemon's scheduler, so a one-shot apply gives
+/// addresses exactly the lifetimes the daemon would (TTL clamped, plus
+/// grace, capped).
+pub fn resolve(inputs: &Inputs) -> Result<Resolution> {
     let mut res = Resolution {
         answers: Answers::new(),
-        results: Vec::new(),
         failed: Vec::new(),
     };
-    if hosts.is_empty() {
+    if inputs.hosts.is_empty() {
         return Ok(res);
     }
-    let r = &config.resolver;
-    let settings = ResolverSettings {
-        servers: resolver_servers(config)?,
-        timeout: r.timeout,
-        attempts: r.attempts,
-        concurrency: r.concurrency,
-        max_addresses: r.max_addresses,
-    };
+    let settings = ResolverSettings::from_config(&inputs.config.resolver, inputs.servers.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -148,34 +115,25 @@ pub fn resolve(config: &Config, hosts: &[HostName]) -> Result<Resolution> {
         .context("cannot start the async runtime")?;
     let results = rt.block_on(async {
         let resolver = Resolver::new(settings)?;
-        Ok::<_, anyhow::Error>(resolver.resolve_all(hosts).await)
+        Ok::<_, anyhow::Error>(resolver.resolve_all(&inputs.hosts).await)
     })?;
-    for hr in &results {
-        let mut list = Vec::new();
-        for o in [&hr.v4, &hr.v6] {
-            if let Outcome::Answer { addrs, ttl, .. } = o {
-                let ttl = (*ttl).clamp(r.min_ttl, r.max_ttl);
-                for a in addrs {
-                    list.push(AddressAnswer {
-                        addr: *a,
-                        lifetime: ttl + r.grace,
-                    });
-                }
-            }
-        }
+    let now = Instant::now();
+    let mut sched = Scheduler::new(ScheduleConfig::from_resolver(&inputs.config.resolver));
+    sched.set_hosts(inputs.hosts.iter().cloned(), now);
+    for hr in results {
         let any_failed =
             matches!(hr.v4, Outcome::Failed { .. }) || matches!(hr.v6, Outcome::Failed { .. });
-        if any_failed || list.is_empty() {
+        let no_addrs = hr.v4.addrs().is_empty() && hr.v6.addrs().is_empty();
+        if any_failed || no_addrs {
             res.failed.push((
                 hr.host.clone(),
                 format!("A: {}; AAAA: {}", describe(&hr.v4), describe(&hr.v6)),
             ));
         }
-        if !list.is_empty() {
-            res.answers.insert(hr.host.clone(), list);
-        }
+        sched.record(&hr.host, Family::V4, hr.v4.into_query(), now);
+        sched.record(&hr.host, Family::V6, hr.v6.into_query(), now);
     }
-    res.results = results;
+    res.answers = sched.answers(now);
     Ok(res)
 }
 
@@ -189,24 +147,17 @@ pub struct Desired {
 }
 
 pub fn desired(loaded: &Loaded) -> Result<Desired> {
-    let config = &loaded.config;
-    let t0 = std::time::Instant::now();
-    let resolution = resolve(config, &loaded.hosts())?;
+    let inputs = &loaded.inputs;
+    let t0 = Instant::now();
+    let resolution = resolve(inputs)?;
     let resolve_time = t0.elapsed();
-    let dns_allow = match &config.dns.allow {
-        Some(a) => a.clone(),
-        None => config.effective_dns_allow(&resolver_servers(config).unwrap_or_default()),
-    };
     let outcome = policy::desired_elements(
-        &loaded.entries(),
+        &inputs.entries,
         &resolution.answers,
-        &dns_allow,
-        &config.firewall.allow_private,
+        &inputs.dns_allow,
+        &inputs.config.firewall.allow_private,
     );
-    let layout = policy::layout(config, vec![config.network.interface_name()]);
-    if layout.interfaces.iter().any(|i| i.is_empty()) {
-        return Err(anyhow!("no interface name to filter"));
-    }
+    let layout = inputs.layout();
     Ok(Desired {
         ruleset: Ruleset {
             layout,
@@ -214,7 +165,7 @@ pub fn desired(loaded: &Loaded) -> Result<Desired> {
         },
         refused: outcome.refused,
         resolution,
-        dns_allow,
+        dns_allow: inputs.dns_allow.clone(),
         resolve_time,
     })
 }

@@ -134,13 +134,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check => {
             let loaded = load::load(config)?;
             print_warnings(&loaded);
-            let entries = loaded.entries().len();
+            let entries = loaded.inputs.entries.len();
             println!(
                 "{}: ok ({} entries, {} hostnames; allowlist {})",
                 loaded.config_path.display(),
                 entries,
-                loaded.hosts().len(),
-                loaded.config.allowlist.display()
+                loaded.inputs.hosts.len(),
+                loaded.inputs.config.allowlist.display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -196,11 +196,23 @@ impl Allowlist {
             return Allowlist::parse(path, &text);
         }
         let mut utf8_errors: Vec<Diagnostic> = Vec::new();
+        // The offsets ascend, so lines are counted incrementally: a binary
+        // file full of bad bytes stays linear.
+        let (mut seen, mut line, mut line_start) = (0, 1, 0);
         for (offset, byte) in bad {
-            let (line, col) = location(&text, offset);
+            let span = &text[seen..offset];
+            line += span.matches('\n').count();
+            if let Some(i) = span.rfind('\n') {
+                line_start = seen + i + 1;
+            }
+            seen = offset;
             // One report per line is enough; later columns are unreliable.
             if utf8_errors.last().is_some_and(|d| d.line == line) {
                 continue;
+            }
+            let mut col = column(&text[line_start..], offset - line_start);
+            if line_start == 0 && text.starts_with(BOM) {
+                col -= 1;
             }
             utf8_errors.push(Diagnostic {
                 path: path.to_string(),
@@ -439,18 +451,6 @@ fn is_blank(c: char) -> bool {
 /// 1-based character column of byte offset `at` in `line`.
 fn column(line: &str, at: usize) -> usize {
     line.get(..at).map_or(at, |s| s.chars().count()) + 1
-}
-
-/// Line and column of byte offset `at` in a whole file, not counting a BOM.
-fn location(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    let mut col = column(&text[start..], at - start);
-    if start == 0 && text.starts_with(BOM) {
-        col -= 1;
-    }
-    (line, col)
 }
 
 /// Parses one line (without terminator): `None` for a blank or comment-only

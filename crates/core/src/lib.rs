@@ -13,6 +13,7 @@ pub mod config;
 pub mod diag;
 pub mod diff;
 pub mod entry;
+pub mod inputs;
 pub mod policy;
 pub mod render;
 pub mod ruleset;

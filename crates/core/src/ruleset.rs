@@ -25,6 +25,17 @@ pub enum Family {
 }
 
 impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The DNS record type that asks for this family (`A` / `AAAA`).
+    pub fn record_type(self) -> &'static str {
+        match self {
+            Family::V4 => "A",
+            Family::V6 => "AAAA",
+        }
+    }
+
     /// The family of an address.
     pub fn of(addr: &IpAddr) -> Family {
         match addr {
@@ -55,6 +66,12 @@ impl Family {
             Family::V4 => "ip",
             Family::V6 => "ip6",
         }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.record_type())
     }
 }
 
@@ -470,15 +487,15 @@ impl Layout {
         for icmp_type in ND_TYPES {
             policy.push(RuleSpec::NeighborDiscovery { icmp_type });
         }
-        for family in [Family::V4, Family::V6] {
+        for family in Family::ALL {
             for proto in [Proto::Udp, Proto::Tcp] {
                 policy.push(RuleSpec::DnsAccept { family, proto });
             }
         }
-        for family in [Family::V4, Family::V6] {
+        for family in Family::ALL {
             policy.push(RuleSpec::ServiceAccept { family });
         }
-        for family in [Family::V4, Family::V6] {
+        for family in Family::ALL {
             for proto in [Proto::Tcp, Proto::Udp] {
                 policy.push(RuleSpec::AllPortsAccept { family, proto });
             }

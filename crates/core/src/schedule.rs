@@ -33,41 +33,12 @@ pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 /// Default longest retry delay after failed queries.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-/// The address family of a query: A or AAAA records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4, `A` records.
-    V4,
-    /// IPv6, `AAAA` records.
-    V6,
-}
+/// The address family of a query (A or AAAA records): the ruleset's.
+pub use crate::ruleset::Family;
 
-impl Family {
-    /// Both families, in the order they are reported.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The family an address belongs to.
-    pub fn of(addr: &IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// The DNS record type asked for.
-    pub fn record_type(self) -> &'static str {
-        match self {
-            Family::V4 => "A",
-            Family::V6 => "AAAA",
-        }
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.record_type())
-    }
-}
+/// Shortest delay before a name is asked again, whatever the TTL: a TTL of
+/// 0 with `min_ttl = "0s"` must not turn into a query loop.
+pub const MIN_REQUERY: Duration = Duration::from_secs(1);
 
 /// The result of one query, as the resolver edge classifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,6 +383,22 @@ impl Scheduler {
         out
     }
 
+    /// Hands out the queries due at `now` (as [`Scheduler::due`]) and marks
+    /// them asked: each is not due again before `now + hold` unless its
+    /// result arrives first ([`Scheduler::record`] reschedules it). `hold`
+    /// is the longest a query can take, so a lost result is asked again
+    /// and [`Scheduler::next_wakeup`] stays in the future while queries
+    /// are in flight.
+    pub fn take_due(&mut self, now: Instant, hold: Duration) -> Vec<(HostName, Family)> {
+        let due = self.due(now);
+        for (host, family) in &due {
+            if let Some(state) = self.hosts.get_mut(host) {
+                state.family_mut(*family).next_query = now + hold;
+            }
+        }
+        due
+    }
+
     /// Marks every host and family due now (SIGHUP), whatever its TTL.
     /// Failure counts stay, so a failing server is not hammered harder.
     pub fn force_all(&mut self, now: Instant) {
@@ -480,7 +467,7 @@ impl Scheduler {
                 good.dedup();
                 st.last_good_addrs = good;
                 st.last_good = Some(now);
-                st.next_query = now + ttl;
+                st.next_query = now + ttl.max(MIN_REQUERY);
                 st.failures = 0;
                 st.last_error = None;
                 st.last_outcome = Some(OutcomeKind::Answer);
@@ -494,7 +481,7 @@ impl Scheduler {
                 // DNS now says there are no addresses: a later failure must
                 // not revive the ones it withdrew.
                 st.last_good_addrs.clear();
-                st.next_query = now + cfg.clamp_ttl(cfg.negative_ttl);
+                st.next_query = now + cfg.clamp_ttl(cfg.negative_ttl).max(MIN_REQUERY);
                 st.failures = 0;
                 st.last_error = None;
             }
@@ -524,6 +511,14 @@ impl Scheduler {
         let after: Vec<IpAddr> = st.live(now).map(|(a, _)| *a).collect();
         rec.changed = before != after;
         rec
+    }
+
+    /// How many hosts have a failing family (their last query failed).
+    pub fn failing_hosts(&self) -> usize {
+        self.hosts
+            .values()
+            .filter(|s| s.v4.last_error.is_some() || s.v6.last_error.is_some())
+            .count()
     }
 
     /// The earliest `next_query` of all hosts, `None` without hosts: an idle
@@ -1251,5 +1246,59 @@ mod tests {
         assert_eq!(v6s.last_error.as_deref(), Some("SERVFAIL"));
         assert_eq!(v6s.last_good, None);
         assert_eq!(v6s.next_query_in, Duration::ZERO);
+    }
+
+    #[test]
+    fn take_due_hands_out_each_query_once_until_its_result_or_the_hold() {
+        let t0 = Instant::now();
+        let mut s = sched(&["a.example"], t0);
+        let first = s.take_due(t0, secs(5));
+        assert_eq!(first.len(), 2);
+        // Asked: not due again, and the next wake-up is the hold, not now.
+        assert!(s.take_due(t0, secs(5)).is_empty());
+        assert_eq!(s.next_wakeup(), Some(t0 + secs(5)));
+        // The A result reschedules A by its TTL; AAAA, never answered, is
+        // asked again once the hold is over.
+        s.record(
+            &host("a.example"),
+            Family::V4,
+            answer(&[v4(1)], 600),
+            t0 + secs(1),
+        );
+        assert_eq!(
+            s.take_due(t0 + secs(5), secs(5)),
+            vec![(host("a.example"), Family::V6)]
+        );
+    }
+
+    #[test]
+    fn a_zero_ttl_is_not_asked_again_at_once() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(ScheduleConfig {
+            min_ttl: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+            ..cfg()
+        });
+        s.set_hosts([host("a.example")], t0);
+        s.record(&host("a.example"), Family::V4, answer(&[v4(1)], 0), t0);
+        s.record(&host("a.example"), Family::V6, QueryOutcome::NoData, t0);
+        assert!(s.due(t0).is_empty());
+        assert_eq!(s.next_wakeup(), Some(t0 + MIN_REQUERY));
+    }
+
+    #[test]
+    fn failing_hosts_counts_hosts_not_families() {
+        let t0 = Instant::now();
+        let mut s = sched(&["a.example", "b.example"], t0);
+        let fail = || QueryOutcome::Failed {
+            reason: "timeout".into(),
+        };
+        s.record(&host("a.example"), Family::V4, fail(), t0);
+        s.record(&host("a.example"), Family::V6, fail(), t0);
+        assert_eq!(s.failing_hosts(), 1);
+        s.record(&host("b.example"), Family::V6, fail(), t0);
+        assert_eq!(s.failing_hosts(), 2);
+        s.record(&host("a.example"), Family::V4, answer(&[v4(1)], 60), t0);
+        assert_eq!(s.failing_hosts(), 2, "AAAA of a still fails");
     }
 }

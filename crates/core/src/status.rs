@@ -125,25 +125,43 @@ pub struct AddressStatus {
 impl Status {
     /// The one-line summary used in systemd's STATUS= and by `status`.
     pub fn summary(&self) -> String {
-        let next = match self.next_refresh_ms {
-            Some(ms) => format!("next refresh {}s", ms.div_ceil(1000)),
-            None => "no refresh scheduled".into(),
-        };
-        let errors = self
+        // Errors are counted per host: a host listed on several lines is one
+        // failing name.
+        let failing: std::collections::BTreeSet<&str> = self
             .entries
             .iter()
             .filter(|e| e.last_error.is_some())
-            .count();
-        let mut s = format!(
-            "{} entries, {} addresses, {next}, {errors} errors",
-            self.entry_count, self.address_count
-        );
-        if let Some(e) = &self.config_error {
-            let first = e.messages.first().map(String::as_str).unwrap_or("");
-            s.push_str(&format!("; CONFIG ERROR (old policy kept): {first}"));
-        }
-        s
+            .map(|e| e.host.as_deref().unwrap_or(&e.entry))
+            .collect();
+        summary_line(
+            self.entry_count,
+            self.address_count,
+            self.next_refresh_ms,
+            failing.len(),
+            self.config_error.as_ref(),
+        )
     }
+}
+
+/// The summary line from its parts, so the daemon can write STATUS= without
+/// building a whole [`Status`].
+pub fn summary_line(
+    entries: usize,
+    addresses: usize,
+    next_refresh_ms: Option<u64>,
+    failing_hosts: usize,
+    config_error: Option<&ConfigError>,
+) -> String {
+    let next = match next_refresh_ms {
+        Some(ms) => format!("next refresh {}s", ms.div_ceil(1000)),
+        None => "no refresh scheduled".into(),
+    };
+    let mut s = format!("{entries} entries, {addresses} addresses, {next}, {failing_hosts} errors");
+    if let Some(e) = config_error {
+        let first = e.messages.first().map(String::as_str).unwrap_or("");
+        s.push_str(&format!("; CONFIG ERROR (old policy kept): {first}"));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -189,6 +207,16 @@ mod tests {
         };
         assert_eq!(
             s.summary(),
+            "2 entries, 5 addresses, next refresh 12s, 1 errors"
+        );
+        // The same failing host on a second line is still one error.
+        let mut twice = s.clone();
+        let mut again = twice.entries[0].clone();
+        again.line = 2;
+        again.text = "a.example:80".into();
+        twice.entries.push(again);
+        assert_eq!(
+            twice.summary(),
             "2 entries, 5 addresses, next refresh 12s, 1 errors"
         );
         s.config_error = Some(ConfigError {

@@ -6,21 +6,23 @@
 //! scheduler (the earliest TTL expiry, kube-rs' "requeue after"), so an idle
 //! daemon sleeps until a TTL runs out instead of polling.
 
-use std::collections::{BTreeSet, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use egress_core::allowlist::Allowlist;
 use egress_core::config::Config;
 use egress_core::diff::ChangeKind;
+use egress_core::inputs::Inputs;
 use egress_core::policy;
 use egress_core::ruleset::{Layout, Ruleset};
-use egress_core::schedule::{Family, QueryOutcome, ScheduleConfig, Scheduler};
+use egress_core::schedule::{Family, HostStatus, QueryOutcome, ScheduleConfig, Scheduler};
 use egress_core::status::{
-    AddressStatus, ApplyStatus, ConfigError, Counters, EntryStatus, Status, STATUS_FORMAT,
+    summary_line, AddressStatus, ApplyStatus, ConfigError, Counters, EntryStatus, Status,
+    STATUS_FORMAT,
 };
-use egress_core::{Entry, HostName, Target};
+use egress_core::{HostName, Target};
 use egress_nft::{ApplyMode, Nft};
 use egress_resolve::{Outcome, Resolver, ResolverSettings};
 use futures::{FutureExt, StreamExt};
@@ -53,75 +55,29 @@ pub struct Opts {
     pub flush_on_exit: bool,
 }
 
-/// A validated config and allowlist.
-pub struct Loaded {
-    pub config: Config,
-    pub allowlist: Allowlist,
-    pub entries: Vec<Entry>,
-    pub hosts: Vec<HostName>,
-    pub servers: Vec<SocketAddr>,
-    pub dns_allow: Vec<IpAddr>,
-}
-
 /// Reads and validates both files; every error comes back as a
 /// `PATH:LINE:COL: message` line (or `PATH: message` for I/O errors).
-pub fn load(config_path: &Path) -> Result<(Loaded, Vec<String>), Vec<String>> {
+pub fn load(config_path: &Path) -> Result<(Inputs, Vec<String>), Vec<String>> {
+    let lines = |d: egress_core::Diagnostics| -> Vec<String> {
+        d.0.iter().map(|x| x.to_string()).collect()
+    };
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", config_path.display())])?;
-    let config = Config::parse(config_path, &text)
-        .map_err(|d| d.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+    let config = Config::parse(config_path, &text).map_err(lines)?;
     let bytes = std::fs::read(&config.allowlist)
         .map_err(|e| vec![format!("{}: cannot read: {e}", config.allowlist.display())])?;
-    let shown = config.allowlist.display().to_string();
-    let parsed = Allowlist::parse_bytes(&shown, &bytes)
-        .map_err(|d| d.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+    let parsed =
+        Allowlist::parse_bytes(&config.allowlist.display().to_string(), &bytes).map_err(lines)?;
     let warnings = parsed.warnings.iter().map(|w| w.to_string()).collect();
-    let allowlist = parsed.allowlist;
-    let entries: Vec<Entry> = allowlist
-        .unique_entries()
-        .into_iter()
-        .map(|l| l.entry.clone())
-        .collect();
-    let hosts: Vec<HostName> = entries
-        .iter()
-        .filter_map(|e| match &e.target {
-            Target::Host(h) => Some(h.clone()),
-            Target::Net(_) => None,
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
     let servers = match &config.resolver.servers {
         Some(s) => s.clone(),
         None => egress_resolve::system_servers().map_err(|e| vec![e.to_string()])?,
     };
-    let dns_allow = config.effective_dns_allow(&servers);
-    Ok((
-        Loaded {
-            config,
-            allowlist,
-            entries,
-            hosts,
-            servers,
-            dns_allow,
-        },
-        warnings,
-    ))
+    Ok((Inputs::new(config, parsed.allowlist, servers), warnings))
 }
 
-fn settings(l: &Loaded) -> ResolverSettings {
-    let r = &l.config.resolver;
-    ResolverSettings {
-        servers: l.servers.clone(),
-        timeout: r.timeout,
-        attempts: r.attempts,
-        concurrency: r.concurrency,
-        max_addresses: r.max_addresses,
-    }
-}
-
-fn layout_of(l: &Loaded) -> Layout {
-    policy::layout(&l.config, vec![l.config.network.interface_name()])
+fn settings(l: &Inputs) -> ResolverSettings {
+    ResolverSettings::from_config(&l.config.resolver, l.servers.clone())
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -130,23 +86,15 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 fn to_query_outcome(host: &HostName, family: Family, o: Outcome) -> QueryOutcome {
-    match o {
-        Outcome::Answer {
-            addrs,
-            ttl,
-            truncated_from,
-        } => {
-            if let Some(n) = truncated_from {
-                warn!(host = %host, family = family.record_type(), answered = n, kept = addrs.len(), "answer over the address cap; cut");
-            }
-            QueryOutcome::Answer { addrs, ttl }
-        }
-        Outcome::NoData => QueryOutcome::NoData,
-        Outcome::NxDomain => QueryOutcome::NxDomain,
-        Outcome::Failed { reason, detail } => QueryOutcome::Failed {
-            reason: format!("{reason}: {detail}"),
-        },
+    if let Outcome::Answer {
+        addrs,
+        truncated_from: Some(n),
+        ..
+    } = &o
+    {
+        warn!(host = %host, family = family.record_type(), answered = n, kept = addrs.len(), "answer over the address cap; cut");
     }
+    o.into_query()
 }
 
 struct DnsDone {
@@ -165,12 +113,14 @@ fn notify(states: &[NotifyState]) {
 /// The engine's state.
 pub struct Engine {
     opts: Opts,
-    loaded: Loaded,
+    loaded: Inputs,
     layout: Layout,
     resolver: Resolver,
     sched: Scheduler,
     nft: Nft,
-    in_flight: HashSet<(HostName, Family)>,
+    /// Queries started and not answered yet (the first round is complete,
+    /// and a batch of results can go out, when this reaches zero).
+    pending: usize,
     dns_tx: mpsc::UnboundedSender<DnsDone>,
     fs_tx: mpsc::UnboundedSender<()>,
     watcher: Option<FileWatcher>,
@@ -211,12 +161,14 @@ impl Engine {
         }
     }
 
-    /// Starts DNS queries for everything due that is not already asked.
+    /// Starts DNS queries for everything due. The scheduler marks them
+    /// asked until the longest a query can take, so none is started twice
+    /// and the next wake-up is never in the past.
     fn launch_due(&mut self, now: Instant) {
-        for (host, family) in self.sched.due(now) {
-            if !self.in_flight.insert((host.clone(), family)) {
-                continue;
-            }
+        let r = &self.loaded.config.resolver;
+        let hold = r.timeout * r.attempts.max(1) as u32 + Duration::from_secs(1);
+        for (host, family) in self.sched.take_due(now, hold) {
+            self.pending += 1;
             let resolver = self.resolver.clone();
             let tx = self.dns_tx.clone();
             tokio::spawn(async move {
@@ -232,7 +184,7 @@ impl Engine {
     }
 
     fn on_dns(&mut self, d: DnsDone, now: Instant) {
-        self.in_flight.remove(&(d.host.clone(), d.family));
+        self.pending = self.pending.saturating_sub(1);
         let fam = d.family.record_type();
         match &d.outcome {
             QueryOutcome::Answer { addrs, ttl } => {
@@ -334,7 +286,6 @@ impl Engine {
                 self.mark_dirty(now, APPLY_RETRY);
             }
         }
-        self.update_status_line(now, false);
     }
 
     /// Re-reads both files. Invalid files keep the last good policy.
@@ -362,8 +313,15 @@ impl Engine {
                     info!("config and allowlist valid again");
                 }
                 let old_table = self.layout.table.clone();
+                if loaded.config.control.socket != self.loaded.config.control.socket {
+                    // The socket is bound once; moving it needs a restart.
+                    warn!(
+                        socket = %self.loaded.config.control.socket.display(),
+                        "[control] socket changed; the daemon keeps serving the old path until restarted"
+                    );
+                }
                 let resolver_changed = settings(&loaded) != settings(&self.loaded);
-                self.layout = layout_of(&loaded);
+                self.layout = loaded.layout();
                 self.sched
                     .set_config(ScheduleConfig::from_resolver(&loaded.config.resolver));
                 self.sched.set_hosts(loaded.hosts.iter().cloned(), now);
@@ -411,6 +369,8 @@ impl Engine {
             Err(e) => debug!(error = %e, "cannot read the deny counters"),
         }
         let snap = self.sched.snapshot(now);
+        let by_host: std::collections::BTreeMap<&HostName, &HostStatus> =
+            snap.iter().map(|h| (&h.host, h)).collect();
         let entries = self
             .loaded
             .allowlist
@@ -418,7 +378,7 @@ impl Engine {
             .map(|l| {
                 let (host, addresses, next, err) = match &l.entry.target {
                     Target::Host(h) => {
-                        let s = snap.iter().find(|s| &s.host == h);
+                        let s = by_host.get(h).copied();
                         let mut addrs = Vec::new();
                         let mut next = None;
                         let mut errs = Vec::new();
@@ -487,8 +447,18 @@ impl Engine {
         }
     }
 
+    /// systemd's STATUS=, from the engine's own counts: no kernel read, no
+    /// per-entry work, so it can run on every loop iteration.
     fn update_status_line(&mut self, now: Instant, force: bool) {
-        let line = self.status(now).summary();
+        let line = summary_line(
+            self.loaded.entries.len(),
+            self.element_count,
+            self.sched
+                .next_wakeup()
+                .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            self.sched.failing_hosts(),
+            self.config_error.as_ref(),
+        );
         if force || line != self.last_status_line {
             notify(&[NotifyState::Status(&line)]);
             self.last_status_line = line;
@@ -496,7 +466,7 @@ impl Engine {
     }
 
     /// When the loop must wake up next by itself.
-    fn next_deadline(&self, now: Instant, watchdog_at: Option<Instant>) -> Option<Instant> {
+    fn next_deadline(&self, watchdog_at: Option<Instant>) -> Option<Instant> {
         // Before readiness the first apply waits for the first round of
         // answers, so a pending apply must not wake the loop (it would spin).
         let apply_at = if self.ready { self.apply_at } else { None };
@@ -504,20 +474,8 @@ impl Engine {
             .into_iter()
             .flatten()
             .min();
-        // Everything due is in flight after launch_due, so a wake-up in the
-        // past would spin; the earliest query that is not in flight counts.
-        let sched = match self.sched.next_wakeup() {
-            Some(t) if t > now => Some(t),
-            Some(_) => self
-                .sched
-                .snapshot(now)
-                .iter()
-                .flat_map(|h| [(&h.host, &h.v4), (&h.host, &h.v6)])
-                .filter(|(h, f)| !self.in_flight.contains(&((*h).clone(), f.family)))
-                .map(|(_, f)| f.next_query)
-                .min(),
-            None => None,
-        };
+        // launch_due marks what it starts, so this is never in the past.
+        let sched = self.sched.next_wakeup();
         if let Some(s) = sched {
             next = Some(next.map_or(s, |n| n.min(s)));
         }
@@ -526,10 +484,10 @@ impl Engine {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `loaded` was validated by main.
-pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
+pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     let now = Instant::now();
     let mut nft = Nft::new()?;
-    let layout = layout_of(&loaded);
+    let layout = loaded.layout();
 
     // Closed from the first moment: unless a table with exactly this layout
     // is already live (a restart, whose resolved elements are still valid
@@ -551,7 +509,7 @@ pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
         resolver,
         sched,
         nft,
-        in_flight: HashSet::new(),
+        pending: 0,
         dns_tx,
         fs_tx,
         watcher: None,
@@ -580,13 +538,10 @@ pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut watchdog_at = watchdog.map(|d| Instant::now() + d);
     eng.launch_due(Instant::now());
-    if eng.in_flight.is_empty() {
-        eng.apply(Instant::now());
-    }
 
     loop {
         let now = Instant::now();
-        if !eng.ready && eng.in_flight.is_empty() {
+        if !eng.ready && eng.pending == 0 {
             // The first round of answers is in: apply it, then declare
             // readiness (the table itself was closed since the start).
             eng.apply(now);
@@ -599,7 +554,7 @@ pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
                 "ready"
             );
         }
-        let deadline = eng.next_deadline(now, watchdog_at);
+        let deadline = eng.next_deadline(watchdog_at);
         let sleep = async {
             match deadline {
                 Some(d) => sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -669,9 +624,9 @@ pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
         }
         eng.launch_due(now);
         if eng.ready
-            && eng.apply_at.is_some_and(|t| {
-                t <= now || (eng.in_flight.is_empty() && t <= now + APPLY_DEBOUNCE)
-            })
+            && eng
+                .apply_at
+                .is_some_and(|t| t <= now || (eng.pending == 0 && t <= now + APPLY_DEBOUNCE))
         {
             eng.apply(now);
         }
@@ -680,6 +635,9 @@ pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
                 notify(&[NotifyState::Watchdog]);
                 watchdog_at = Some(now + every);
             }
+        }
+        if eng.ready {
+            eng.update_status_line(now, false);
         }
     }
 }

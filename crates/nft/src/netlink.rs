@@ -88,6 +88,54 @@ pub struct Nft {
     fd: RawFd,
     portid: u32,
     seq: u32,
+    /// What the last layout's table must hold; the layout only changes on
+    /// reload, so it is derived once, not on every read.
+    expected: Option<Expected>,
+}
+
+/// What a live table of one layout must hold.
+struct Expected {
+    layout: Layout,
+    table_udata: Vec<u8>,
+    chains: Vec<ChainSpec>,
+    /// Per chain, each rule's (comment user data, expression text).
+    rules: Vec<Vec<(Vec<u8>, String)>>,
+    /// Comment user data of the rules that count denied packets.
+    deny_tags: Vec<Vec<u8>>,
+}
+
+impl Expected {
+    fn new(layout: &Layout) -> Result<Expected> {
+        let name = cstring(&layout.table)?;
+        let table = Table::new(&name, ProtoFamily::Inet);
+        let chains = layout.chains();
+        let rules = chains
+            .iter()
+            .map(|c| expected_rules(&table, c))
+            .collect::<Result<_>>()?;
+        let deny_tags = chains
+            .iter()
+            .flat_map(|c| c.rules.iter())
+            .filter(|r| r.counts_denied())
+            .map(|r| udata_comment(sys::NFTNL_UDATA_RULE_COMMENT, &r.tag()))
+            .collect::<Result<_>>()?;
+        Ok(Expected {
+            layout: layout.clone(),
+            table_udata: udata_comment(sys::NFTNL_UDATA_TABLE_COMMENT, &layout.table_comment())?,
+            chains,
+            rules,
+            deny_tags,
+        })
+    }
+
+    fn deny_counters(&self, rules: &[LiveRule]) -> (u64, u64) {
+        let mut total = (0, 0);
+        for r in rules.iter().filter(|r| self.deny_tags.contains(&r.udata)) {
+            total.0 += r.packets;
+            total.1 += r.bytes;
+        }
+        total
+    }
 }
 
 impl Nft {
@@ -102,6 +150,7 @@ impl Nft {
             fd,
             portid,
             seq: std::process::id().wrapping_mul(1000),
+            expected: None,
         };
         // Extended acks give the kernel's reason in words; capped acks keep
         // each ack small so thousands fit in the receive buffer.
@@ -166,13 +215,29 @@ impl Nft {
     /// Reads the live table: layout check, elements, deny counters.
     /// `Ok(None)` when the table does not exist.
     pub fn read(&mut self, layout: &Layout) -> Result<Option<LiveTable>> {
+        let exp = self.take_expected(layout)?;
+        let live = self.read_with(layout, &exp);
+        self.expected = Some(exp);
+        live
+    }
+
+    /// The cached [`Expected`] of `layout`, derived again when the layout
+    /// changed. Taken out of `self` so the dumps can borrow `self`.
+    fn take_expected(&mut self, layout: &Layout) -> Result<Expected> {
+        match self.expected.take() {
+            Some(e) if e.layout == *layout => Ok(e),
+            _ => Expected::new(layout),
+        }
+    }
+
+    fn read_with(&mut self, layout: &Layout, exp: &Expected) -> Result<Option<LiveTable>> {
         let name = cstring(&layout.table)?;
         let Some(table_udata) = self.get_table(&name)? else {
             return Ok(None);
         };
         let mut live = LiveTable::default();
         let mut drift = Vec::new();
-        if table_udata != udata_comment(sys::NFTNL_UDATA_TABLE_COMMENT, &layout.table_comment())? {
+        if table_udata != exp.table_udata {
             drift.push("the table comment (layout fingerprint) differs".to_string());
         }
 
@@ -195,11 +260,10 @@ impl Nft {
         }
 
         // Chains and rules: the same chains, each rule as expected.
-        let ntable = Table::new(&name, ProtoFamily::Inet);
         let chains = self.dump_chains(&name)?;
         let rules = self.dump_rules(&name)?;
-        let want_chains = layout.chains();
-        for spec in &want_chains {
+        let want_chains = &exp.chains;
+        for (spec, want) in want_chains.iter().zip(&exp.rules) {
             match chains.iter().find(|c| c.name == spec.name) {
                 None => drift.push(format!("chain {} is missing", spec.name)),
                 Some(c) => {
@@ -216,7 +280,6 @@ impl Nft {
                     }
                     let live: Vec<&LiveRule> =
                         rules.iter().filter(|r| r.chain == spec.name).collect();
-                    let want = expected_rules(&ntable, spec)?;
                     // Tags (comments) and the expressions themselves: an
                     // edited rule that kept its comment is drift too.
                     if live.len() != want.len() {
@@ -228,7 +291,7 @@ impl Nft {
                         ));
                     } else if let Some(i) = live
                         .iter()
-                        .zip(&want)
+                        .zip(want.iter())
                         .position(|(l, (tag, exprs))| l.udata != *tag || l.exprs != *exprs)
                     {
                         drift.push(format!(
@@ -246,7 +309,7 @@ impl Nft {
                 drift.push(format!("unexpected chain {}", c.name));
             }
         }
-        (live.denied_packets, live.denied_bytes) = deny_counters(&want_chains, &rules)?;
+        (live.denied_packets, live.denied_bytes) = exp.deny_counters(&rules);
 
         for set in SetId::ALL {
             if sets.iter().any(|s| s.name == set.name()) {
@@ -264,9 +327,11 @@ impl Nft {
     /// elements: cheap enough for every `status`). `(0, 0)` when the table
     /// is absent.
     pub fn denied_counters(&mut self, layout: &Layout) -> Result<(u64, u64)> {
-        let name = cstring(&layout.table)?;
-        let rules = self.dump_rules(&name)?;
-        deny_counters(&layout.chains(), &rules)
+        let exp = self.take_expected(layout)?;
+        let rules = cstring(&layout.table).and_then(|name| self.dump_rules(&name));
+        let counts = rules.map(|r| exp.deny_counters(&r));
+        self.expected = Some(exp);
+        counts
     }
 
     /// What [`Nft::apply`] would do, without doing it: the live table (if
@@ -370,8 +435,8 @@ impl Nft {
         b.push(format!("create table inet {tname}"), |buf, seq| unsafe {
             full.write(buf, seq, libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE)
         });
-        for (i, set) in SetId::ALL.into_iter().enumerate() {
-            let s = SetMsg::new(&name, set, i as u32 + 1)?;
+        for set in SetId::ALL {
+            let s = SetMsg::new(&name, set, set_id(set))?;
             b.push(format!("create set {}", set.name()), |buf, seq| unsafe {
                 s.write(buf, seq)
             });
@@ -690,14 +755,24 @@ impl Nft {
         let what = format!("the chains of table {}", table.to_string_lossy());
         let msgs = self
             .request(&what, |buf, seq| unsafe {
-                // SAFETY: buf has MAX_MSG bytes.
-                sys::nftnl_nlmsg_build_hdr(
+                // SAFETY: buf has MAX_MSG bytes; the chain object is freed
+                // here. The table attribute lets the kernel filter the dump
+                // (the reply is still checked below, for older kernels).
+                let c = sys::nftnl_chain_alloc();
+                if c.is_null() {
+                    std::process::abort();
+                }
+                sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_TABLE as u16, table.as_ptr());
+                let h = sys::nftnl_nlmsg_build_hdr(
                     buf,
                     libc::NFT_MSG_GETCHAIN as u16,
                     NFPROTO_INET,
                     (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
                     seq,
-                )
+                );
+                sys::nftnl_chain_nlmsg_build_payload(h, c);
+                sys::nftnl_chain_free(c);
+                h
             })?
             .unwrap_or_default();
         let mut out = Vec::new();
@@ -918,21 +993,6 @@ struct LiveRule {
     exprs: String,
     packets: u64,
     bytes: u64,
-}
-
-fn deny_counters(chains: &[ChainSpec], rules: &[LiveRule]) -> Result<(u64, u64)> {
-    let deny_tags = chains
-        .iter()
-        .flat_map(|c| c.rules.iter())
-        .filter(|r| r.counts_denied())
-        .map(|r| udata_comment(sys::NFTNL_UDATA_RULE_COMMENT, &r.tag()))
-        .collect::<Result<Vec<_>>>()?;
-    let mut total = (0, 0);
-    for r in rules.iter().filter(|r| deny_tags.contains(&r.udata)) {
-        total.0 += r.packets;
-        total.1 += r.bytes;
-    }
-    Ok(total)
 }
 
 fn set_flags(set: SetId) -> u32 {

@@ -45,6 +45,23 @@ pub struct ResolverSettings {
     pub max_addresses: usize,
 }
 
+impl ResolverSettings {
+    /// The settings of a `[resolver]` section, with the servers to ask
+    /// (its `servers`, or the system's when it has none).
+    pub fn from_config(
+        r: &egress_core::config::ResolverConfig,
+        servers: Vec<SocketAddr>,
+    ) -> ResolverSettings {
+        ResolverSettings {
+            servers,
+            timeout: r.timeout,
+            attempts: r.attempts,
+            concurrency: r.concurrency,
+            max_addresses: r.max_addresses,
+        }
+    }
+}
+
 /// An address family, i.e. which record type is asked (shared with the
 /// scheduler, which tracks each family on its own TTL).
 pub use egress_core::schedule::Family;
@@ -79,6 +96,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The scheduler's view of this outcome (the cut of an over-long
+    /// answer was already made here; callers log `truncated_from`).
+    pub fn into_query(self) -> egress_core::schedule::QueryOutcome {
+        use egress_core::schedule::QueryOutcome;
+        match self {
+            Outcome::Answer { addrs, ttl, .. } => QueryOutcome::Answer { addrs, ttl },
+            Outcome::NoData => QueryOutcome::NoData,
+            Outcome::NxDomain => QueryOutcome::NxDomain,
+            Outcome::Failed { reason, detail } => QueryOutcome::Failed {
+                reason: format!("{reason}: {detail}"),
+            },
+        }
+    }
+
     /// The addresses of an [`Outcome::Answer`]; empty for anything else.
     pub fn addrs(&self) -> &[IpAddr] {
         match self {
