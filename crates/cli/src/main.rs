@@ -6,15 +6,17 @@
 //! could not be resolved (they are closed: no addresses); `status` has its
 //! own: 0 ok, 1 the daemon holds a config error, 4 the daemon is unreachable.
 
+mod args;
 mod edit;
 mod load;
 mod status;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use args::{Cli, Command};
+use clap::Parser;
 use egress_core::diff::{ChangeKind, Diff};
 use egress_core::render::{nft_duration, ruleset_text};
 use egress_core::ruleset::SetId;
@@ -24,88 +26,6 @@ use load::{Desired, Invalid, Loaded};
 
 /// Exit code when some hostnames did not resolve.
 const EXIT_PARTIAL: u8 = 3;
-
-#[derive(Parser)]
-#[command(
-    name = "openclaw-egress",
-    version,
-    about = "Egress allowlist firewall for sandboxed agents"
-)]
-struct Cli {
-    /// Config file (default /etc/openclaw-egress/egressd.toml; when that is
-    /// absent, built-in defaults).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Validate the config and the allowlist; print every error.
-    Check,
-    /// Resolve, then show what `apply` would change in the live table.
-    Plan {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Resolve once and make the kernel enforce the policy.
-    Apply,
-    /// Resolve, then print the desired ruleset as nft text (loadable with `nft -f`).
-    Show {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove the table (egress is then no longer filtered).
-    Flush,
-    /// Add an entry to the allowlist file (a running daemon applies it).
-    ///
-    /// ENTRY is `host`, `host:port`, `10.0.0.0/8`, `[2001:db8::1]:53/udp`,
-    /// ... as in the allowlist. The new line is appended; every other byte of
-    /// the file is kept. An entry that is already listed is not added again
-    /// (exit 0). The file is replaced atomically, keeping its owner and mode;
-    /// it is created (mode 0644) when missing.
-    Allow {
-        /// The entry to allow.
-        entry: String,
-        /// A comment for the new line (`ENTRY  # TEXT`); one line, no
-        /// control characters.
-        #[arg(long, value_name = "TEXT")]
-        comment: Option<String>,
-        /// Then apply the policy once, like `apply` (for when no daemon
-        /// runs); exit 3 when some hostname did not resolve.
-        #[arg(long)]
-        apply: bool,
-    },
-    /// Remove every line holding an entry from the allowlist file.
-    ///
-    /// Every other byte of the file is kept; the file is replaced
-    /// atomically, keeping its owner and mode. Exit 1 when the entry is not
-    /// in the allowlist (nothing is written).
-    Remove {
-        /// The entry to remove, spelled as for `allow` (it is compared by
-        /// meaning: `Example.COM:443` matches `example.com:443`).
-        entry: String,
-        /// Then apply the policy once, like `apply` (for when no daemon
-        /// runs); exit 3 when some hostname did not resolve.
-        #[arg(long)]
-        apply: bool,
-    },
-    /// Ask the running daemon for its status (over its control socket).
-    ///
-    /// Exit codes: 0 the daemon answered and its config and allowlist are
-    /// valid; 1 the daemon holds a config error (it keeps enforcing the last
-    /// good policy; the status is still printed), or another error (e.g. an
-    /// unreadable --config); 4 the daemon is unreachable: socket missing,
-    /// connection refused, permission denied (root only) or no answer.
-    Status {
-        /// Print the status as JSON (format: docs/status-json.md).
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, which turns `openclaw-egress status | head` into
@@ -131,6 +51,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
+        Command::Verify { .. } | Command::SetupNetwork { .. } => {
+            anyhow::bail!("this command is not built yet")
+        }
         Command::Check => {
             let loaded = load::load(config)?;
             print_warnings(&loaded);

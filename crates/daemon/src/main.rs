@@ -7,38 +7,19 @@
 //! restores the table when someone else changes it, and answers `status` on
 //! its control socket.
 
+mod args;
 mod control;
 mod engine;
 mod watch;
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use args::Cli;
 use clap::Parser;
-use egress_core::config::DEFAULT_CONFIG_PATH;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
-
-#[derive(Parser)]
-#[command(
-    name = "openclaw-egressd",
-    version,
-    about = "Egress allowlist firewall daemon for sandboxed agents"
-)]
-struct Cli {
-    /// Config file.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG, when set, wins.
-    #[arg(long, default_value = "info")]
-    log_level: String,
-    /// Remove the table on SIGTERM/SIGINT (by default the rules stay in
-    /// place, so traffic stays closed while the daemon is down).
-    #[arg(long)]
-    flush_on_exit: bool,
-}
 
 /// True when stderr is the journal (systemd sets JOURNAL_STREAM to the
 /// device and inode of the stream it connected).
@@ -128,5 +109,16 @@ fn main() -> ExitCode {
             eprintln!("openclaw-egressd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_config_path_is_the_cores() {
+        assert_eq!(
+            super::args::DEFAULT_CONFIG,
+            egress_core::config::DEFAULT_CONFIG_PATH
+        );
     }
 }
