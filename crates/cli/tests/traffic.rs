@@ -20,6 +20,7 @@ struct Settings {
     action: &'static str,
     dns_allow: Vec<&'static str>,
     allow_private: Vec<&'static str>,
+    host_ports: Vec<&'static str>,
 }
 
 impl Default for Settings {
@@ -28,6 +29,7 @@ impl Default for Settings {
             action: "reject",
             dns_allow: vec!["198.18.1.53", "2001:db8:1::53"],
             allow_private: vec!["198.18.0.0/15", "2001:db8::/32"],
+            host_ports: Vec::new(),
         }
     }
 }
@@ -72,11 +74,12 @@ impl<'a> Cli<'a> {
     fn settings(&self, s: &Settings) {
         let text = format!(
             "allowlist = \"allowlist.conf\"\n\
-             [network]\ninterface = \"{}\"\n\
+             [network]\ninterface = \"{}\"\nhost_ports = [{}]\n\
              [resolver]\nservers = [\"198.18.1.53:53\"]\ntimeout = \"1s\"\nattempts = 1\n\
              [dns]\nallow = [{}]\n\
              [firewall]\ntable = \"{}\"\naction = \"{}\"\nallow_private = [{}]\n",
             self.iface,
+            quoted(&s.host_ports),
             quoted(&s.dns_allow),
             self.table,
             s.action,
@@ -530,10 +533,15 @@ fn the_input_hook_guards_the_routers_own_address() {
             SocketAddr::new(IpAddr::V4(ROUTER_IN_V4), 8081),
             SocketAddr::new(IpAddr::V4(ROUTER_OUT_V4), 8080),
         ],
-        &[SocketAddr::new(IpAddr::V4(ROUTER_IN_V4), 5000)],
+        &[
+            SocketAddr::new(IpAddr::V4(ROUTER_IN_V4), 5000),
+            SocketAddr::new(IpAddr::V4(ROUTER_IN_V4), 5001),
+        ],
     );
     let cli = Cli::new(&topo, "input");
-    cli.allowlist("198.18.0.1:8081\n");
+    // An allowlist entry naming the host's own address does not open the
+    // host: only `host_ports` does (the host is not "the internet").
+    cli.allowlist("198.18.0.1:8081\n198.18.0.1:5001/udp\n");
     let blocked = [tcp("198.18.0.1:8080"), udp("198.18.0.1:5000")];
     topo.expect(&open(&blocked), BLOCKED_TIMEOUT);
     cli.run("apply").expect_code(0);
@@ -541,7 +549,25 @@ fn the_input_hook_guards_the_routers_own_address() {
         &[
             (tcp("198.18.0.1:8080"), Probe::Refused),
             (udp("198.18.0.1:5000"), Probe::Unreachable(EHOSTUNREACH)),
+            (tcp("198.18.0.1:8081"), Probe::Refused),
+            (udp("198.18.0.1:5001"), Probe::Unreachable(EHOSTUNREACH)),
+            // The router's other address is the host too.
+            (tcp("198.18.1.1:8080"), Probe::Refused),
+        ],
+        BLOCKED_TIMEOUT,
+    );
+    cli.settings(&Settings {
+        host_ports: vec!["tcp/8081", "udp/5000-5001"],
+        ..Settings::default()
+    });
+    cli.run("apply").expect_code(0);
+    topo.expect(
+        &[
+            (tcp("198.18.0.1:8080"), Probe::Refused),
             (tcp("198.18.0.1:8081"), Probe::Connected),
+            (udp("198.18.0.1:5000"), Probe::Answered),
+            (udp("198.18.0.1:5001"), Probe::Answered),
+            (tcp("198.18.1.1:8080"), Probe::Refused),
         ],
         BLOCKED_TIMEOUT,
     );

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::entry::{PortRange, Proto};
 
 /// Where the daemon and the CLI look for the settings file unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/openclaw-egress/egressd.toml";
@@ -59,10 +60,85 @@ pub struct Config {
 pub struct NetworkConfig {
     /// Name of the Docker network.
     pub docker: String,
-    /// Explicit interface name to filter. When unset, the Docker network
-    /// name (cut to 15 bytes) is used; asking Docker for the bridge is a
-    /// later change.
+    /// Explicit interface name to filter. When unset, the bridge of the
+    /// Docker network is looked up through the Docker API (the fallback
+    /// without Docker: the network name cut to 15 bytes).
     pub interface: Option<String>,
+    /// Traffic between two containers of the network (in and out on the
+    /// same bridge).
+    pub intra: Intra,
+    /// Ports of the host itself (the gateway address, or any address of the
+    /// host) that containers may reach. Everything else on the host is
+    /// denied, apart from the DNS servers of `[dns] allow` that live on it.
+    pub host_ports: Vec<HostPort>,
+}
+
+/// Whether containers of the agent network may reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intra {
+    /// Denied (the default): one compromised agent must not reach another
+    /// agent's sandbox.
+    Deny,
+    /// Allowed (the firewall takes no part in it).
+    Allow,
+}
+
+impl Intra {
+    /// Accepted spellings, for error messages.
+    pub const CHOICES: &'static str = "\"deny\" or \"allow\"";
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Intra::Deny => "deny",
+            Intra::Allow => "allow",
+        }
+    }
+}
+
+/// One `[network] host_ports` entry: `tcp/8080`, `udp/5000-5010`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    /// Protocol.
+    pub proto: Proto,
+    /// Port or inclusive range.
+    pub ports: PortRange,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.proto, self.ports)
+    }
+}
+
+/// Parses `tcp/8080` or `udp/5000-5010` (protocol first, as in nft).
+pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let bad = |why: &str| format!("network.host_ports: {s:?} {why}");
+    let (proto, ports) = s
+        .split_once('/')
+        .ok_or_else(|| bad("must be PROTO/PORT or PROTO/FIRST-LAST, e.g. \"tcp/8080\""))?;
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return Err(bad("has an unknown protocol (tcp or udp)")),
+    };
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(bad("has a port that is not a number in 1..=65535")),
+        }
+    };
+    let ports = match ports.split_once('-') {
+        Some((a, b)) => {
+            let (start, end) = (port(a)?, port(b)?);
+            if start > end {
+                return Err(bad("has a port range whose first port is above its last"));
+            }
+            PortRange { start, end }
+        }
+        None => PortRange::single(port(ports)?),
+    };
+    Ok(HostPort { proto, ports })
 }
 
 /// `[resolver]`: the daemon's own DNS lookups of allowlisted names.
@@ -171,6 +247,8 @@ impl Default for NetworkConfig {
         NetworkConfig {
             docker: DEFAULT_NETWORK.to_owned(),
             interface: None,
+            intra: Intra::Deny,
+            host_ports: Vec::new(),
         }
     }
 }
@@ -309,6 +387,8 @@ struct RawConfig {
 struct RawNetwork {
     docker: Raw,
     interface: Raw,
+    intra: Raw,
+    host_ports: RawList,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -501,6 +581,17 @@ impl Validator<'_> {
             interface: self.string(raw.interface, "network.interface", d.interface, |s| {
                 check_interface(s).map(|()| Some(s.to_owned()))
             }),
+            intra: self.string(raw.intra, "network.intra", d.intra, |s| match s {
+                "deny" => Ok(Intra::Deny),
+                "allow" => Ok(Intra::Allow),
+                _ => Err(format!(
+                    "network.intra: unknown value {s:?}, expected {}",
+                    Intra::CHOICES
+                )),
+            }),
+            host_ports: self
+                .list(raw.host_ports, "network.host_ports", false, parse_host_port)
+                .unwrap_or(d.host_ports),
         }
     }
 
@@ -850,6 +941,8 @@ allowlist = "/srv/allow.conf" # a comment
 [network]
 docker = "claws"
 interface = "br-claws"
+intra = "allow"
+host_ports = ["tcp/8080", "udp/5000-5010"]
 [resolver]
 servers = ["192.0.2.53:5353", "2001:db8::53", "[2001:db8::54]:54", "192.0.2.54"]
 min_ttl = "10s"
@@ -877,6 +970,20 @@ socket = "/run/x.sock"
             network: NetworkConfig {
                 docker: "claws".into(),
                 interface: Some("br-claws".into()),
+                intra: Intra::Allow,
+                host_ports: vec![
+                    HostPort {
+                        proto: Proto::Tcp,
+                        ports: PortRange::single(8080),
+                    },
+                    HostPort {
+                        proto: Proto::Udp,
+                        ports: PortRange {
+                            start: 5000,
+                            end: 5010,
+                        },
+                    },
+                ],
             },
             resolver: ResolverConfig {
                 servers: Some(vec![
@@ -1161,6 +1268,39 @@ socket = "/run/openclaw-egress/control.sock"
                 .table,
             max
         );
+    }
+
+    #[test]
+    fn intra_and_host_ports() {
+        let c = ok("");
+        assert_eq!(c.network.intra, Intra::Deny);
+        assert!(c.network.host_ports.is_empty());
+        one_error(
+            "[network]\nintra = \"maybe\"\n",
+            2,
+            9,
+            "network.intra: unknown value \"maybe\", expected \"deny\" or \"allow\"",
+        );
+        for (value, col, needle) in [
+            ("\"8080\"", 15, "must be PROTO/PORT"),
+            ("\"sctp/1\"", 15, "unknown protocol"),
+            ("\"tcp/0\"", 15, "not a number in 1..=65535"),
+            ("\"tcp/65536\"", 15, "not a number in 1..=65535"),
+            ("\"tcp/+80\"", 15, "not a number in 1..=65535"),
+            ("\"tcp/90-80\"", 15, "first port is above its last"),
+            ("\"tcp/\"", 15, "not a number"),
+            ("8080", 15, "expected a string, found integer"),
+        ] {
+            one_error(
+                &format!("[network]\nhost_ports = [{value}]\n"),
+                2,
+                col,
+                needle,
+            );
+        }
+        let c = ok("[network]\nhost_ports = [\"udp/53\", \"tcp/1-65535\"]\n");
+        let shown: Vec<String> = c.network.host_ports.iter().map(|h| h.to_string()).collect();
+        assert_eq!(shown, ["udp/53", "tcp/1-65535"]);
     }
 
     #[test]

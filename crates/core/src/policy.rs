@@ -72,6 +72,8 @@ pub fn layout(config: &Config, interfaces: Vec<String>) -> Layout {
             burst: fw.log_burst,
             prefix: fw.log_prefix.clone(),
         }),
+        intra: config.network.intra,
+        host_ports: config.network.host_ports.clone(),
     }
 }
 

@@ -6,8 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::ruleset::{
-    ChainSpec, Elements, Hook, Layout, RuleSpec, Ruleset, SetId, SetKind, BASE_PRIORITY,
-    POLICY_CHAIN,
+    ChainSpec, Elements, Hook, Layout, RuleSpec, Ruleset, SetId, SetKind, BASE_PRIORITY, DENY_CHAIN,
 };
 
 /// nft's duration syntax (`1h2m3s`, `250ms`).
@@ -59,9 +58,23 @@ fn set_flags(set: SetId) -> Option<&'static str> {
 /// The text of one rule, without its comment.
 pub fn rule_text(rule: &RuleSpec) -> String {
     match rule {
-        RuleSpec::JumpFromInterface { iface } => {
-            format!("iifname {} jump {POLICY_CHAIN}", quote(iface))
+        RuleSpec::JumpFromInterface { iface, chain } => {
+            format!("iifname {} jump {chain}", quote(iface))
         }
+        RuleSpec::Intra { iface, allow } => format!(
+            "iifname {} oifname {} {}",
+            quote(iface),
+            quote(iface),
+            if *allow {
+                "accept".to_owned()
+            } else {
+                format!("jump {DENY_CHAIN}")
+            }
+        ),
+        RuleSpec::HostPortAccept(hp) => {
+            format!("{} dport {} accept", hp.proto, hp.ports)
+        }
+        RuleSpec::JumpDeny => format!("jump {DENY_CHAIN}"),
         RuleSpec::EstablishedAccept => "ct state established,related accept".into(),
         RuleSpec::NeighborDiscovery { icmp_type } => format!(
             "icmpv6 type {} ip6 hoplimit 255 accept",
@@ -176,7 +189,7 @@ pub fn ruleset_text(ruleset: &Ruleset) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::config::{Action, HostPort, Intra};
     use crate::ruleset::{AddrRange, ElementAttrs, ElementKey, LogSpec};
     use crate::{PortRange, Proto};
 
@@ -190,6 +203,11 @@ mod tests {
                 burst: 10,
                 prefix: "openclaw-egress deny: ".into(),
             }),
+            intra: Intra::Deny,
+            host_ports: vec![HostPort {
+                proto: Proto::Tcp,
+                ports: PortRange::single(8080),
+            }],
         }
     }
 
@@ -264,11 +282,12 @@ mod tests {
 	}}
 	chain forward {{
 		type filter hook forward priority -10; policy accept;
+		iifname "openclaw-egress" oifname "openclaw-egress" jump deny comment "containers of the network: denied"
 		iifname "openclaw-egress" jump egress comment "traffic from the agent network"
 	}}
 	chain input {{
 		type filter hook input priority -10; policy accept;
-		iifname "openclaw-egress" jump egress comment "traffic from the agent network"
+		iifname "openclaw-egress" jump host comment "traffic from the agent network to the host"
 	}}
 	chain egress {{
 		ct state established,related accept comment "replies to allowed connections"
@@ -285,6 +304,21 @@ mod tests {
 		meta l4proto udp ip daddr @allow_all_ports_v4 accept comment "allowlisted address, any udp port (ip)"
 		meta l4proto tcp ip6 daddr @allow_all_ports_v6 accept comment "allowlisted address, any tcp port (ip6)"
 		meta l4proto udp ip6 daddr @allow_all_ports_v6 accept comment "allowlisted address, any udp port (ip6)"
+		jump deny comment "everything else is denied"
+	}}
+	chain host {{
+		ct state established,related accept comment "replies to allowed connections"
+		icmpv6 type nd-router-solicit ip6 hoplimit 255 accept comment "ipv6 neighbour discovery (nd-router-solicit)"
+		icmpv6 type nd-neighbor-solicit ip6 hoplimit 255 accept comment "ipv6 neighbour discovery (nd-neighbor-solicit)"
+		icmpv6 type nd-neighbor-advert ip6 hoplimit 255 accept comment "ipv6 neighbour discovery (nd-neighbor-advert)"
+		ip daddr @dns_v4 udp dport 53 accept comment "dns udp to allowed servers (ip)"
+		ip daddr @dns_v4 tcp dport 53 accept comment "dns tcp to allowed servers (ip)"
+		ip6 daddr @dns_v6 udp dport 53 accept comment "dns udp to allowed servers (ip6)"
+		ip6 daddr @dns_v6 tcp dport 53 accept comment "dns tcp to allowed servers (ip6)"
+		tcp dport 8080 accept comment "host port tcp/8080"
+		jump deny comment "everything else is denied"
+	}}
+	chain deny {{
 		limit rate 5/second burst 10 packets log prefix "openclaw-egress deny: " comment "log denied (rate-limited)"
 		meta l4proto tcp counter reject with tcp reset comment "deny: tcp reset"
 		counter reject with icmpx admin-prohibited comment "deny: icmp admin-prohibited"
@@ -294,6 +328,41 @@ mod tests {
             rs.layout.table_comment()
         );
         assert_eq!(ruleset_text(&rs), want);
+    }
+
+    #[test]
+    fn intra_allow_and_host_port_ranges() {
+        let mut l = layout(Action::Reject, false);
+        l.intra = Intra::Allow;
+        l.host_ports = vec![
+            HostPort {
+                proto: Proto::Udp,
+                ports: PortRange {
+                    start: 5000,
+                    end: 5010,
+                },
+            },
+            HostPort {
+                proto: Proto::Tcp,
+                ports: PortRange::single(22),
+            },
+        ];
+        l.interfaces = vec!["a".into(), "b".into()];
+        let text = layout_text(&l);
+        for want in [
+            "iifname \"a\" oifname \"a\" accept comment \"containers of the network: allowed\"",
+            "iifname \"b\" oifname \"b\" accept comment",
+            "iifname \"b\" jump host comment",
+            "udp dport 5000-5010 accept comment \"host port udp/5000-5010\"",
+            "tcp dport 22 accept comment \"host port tcp/22\"",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        // Each interface's intra rule comes before its jump into the policy.
+        let a_intra = text.find("iifname \"a\" oifname").unwrap();
+        let a_jump = text.find("iifname \"a\" jump egress").unwrap();
+        assert!(a_intra < a_jump, "{text}");
+        assert_ne!(l.fingerprint(), layout(Action::Reject, false).fingerprint());
     }
 
     #[test]

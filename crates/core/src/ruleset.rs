@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use crate::config::Action;
+use crate::config::{Action, HostPort, Intra};
 use crate::entry::{PortRange, Proto};
 
 /// Address family of a set or rule.
@@ -342,6 +342,10 @@ pub struct Layout {
     pub action: Action,
     /// Deny logging, if enabled.
     pub log: Option<LogSpec>,
+    /// Traffic between containers of one bridge.
+    pub intra: Intra,
+    /// Ports of the host containers may reach.
+    pub host_ports: Vec<HostPort>,
 }
 
 /// A base chain: where the kernel hands packets to the table.
@@ -382,19 +386,46 @@ pub fn nd_name(icmp_type: u8) -> &'static str {
     }
 }
 
-/// Name of the regular chain holding the policy.
+/// Name of the regular chain holding the policy for traffic leaving the
+/// host (forward hook).
 pub const POLICY_CHAIN: &str = "egress";
+
+/// Name of the regular chain for traffic to the host itself (input hook).
+pub const HOST_CHAIN: &str = "host";
+
+/// Name of the regular chain every denied packet ends in: one place for the
+/// log rule and the counters.
+pub const DENY_CHAIN: &str = "deny";
 
 /// One rule. The backend builds expressions from it, the renderer text, and
 /// its [`RuleSpec::tag`] goes into the rule's comment so drift is detected
 /// by reading rules back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleSpec {
-    /// `iifname "X" jump egress`.
+    /// `iifname "X" jump CHAIN` (CHAIN: `egress` from the forward hook,
+    /// `host` from the input hook).
     JumpFromInterface {
         /// Interface name.
         iface: String,
+        /// The chain jumped to.
+        chain: &'static str,
     },
+    /// `iifname "X" oifname "X" accept` (intra = allow) or `... jump deny`
+    /// (intra = deny): traffic between two containers of one bridge. With
+    /// br_netfilter (Docker loads it) bridged packets pass the forward hook
+    /// with the bridge as both input and output interface, which is what
+    /// tells them apart exactly, whatever the addresses.
+    Intra {
+        /// Interface name.
+        iface: String,
+        /// Accept (true) or deny (false).
+        allow: bool,
+    },
+    /// `meta l4proto tcp th dport 8080 accept`: a port of the host that
+    /// containers may reach (`[network] host_ports`).
+    HostPortAccept(HostPort),
+    /// `jump deny`: the end of the `egress` and `host` chains.
+    JumpDeny,
     /// `ct state established,related accept`: replies and ICMP errors of
     /// connections that were allowed.
     EstablishedAccept,
@@ -442,7 +473,14 @@ impl RuleSpec {
     /// when the live table is checked for drift.
     pub fn tag(&self) -> String {
         match self {
+            RuleSpec::JumpFromInterface { chain, .. } if *chain == HOST_CHAIN => {
+                "traffic from the agent network to the host".into()
+            }
             RuleSpec::JumpFromInterface { .. } => "traffic from the agent network".into(),
+            RuleSpec::Intra { allow: true, .. } => "containers of the network: allowed".into(),
+            RuleSpec::Intra { allow: false, .. } => "containers of the network: denied".into(),
+            RuleSpec::HostPortAccept(hp) => format!("host port {hp}"),
+            RuleSpec::JumpDeny => "everything else is denied".into(),
             RuleSpec::EstablishedAccept => "replies to allowed connections".into(),
             RuleSpec::NeighborDiscovery { icmp_type } => {
                 format!("ipv6 neighbour discovery ({})", nd_name(*icmp_type))
@@ -476,55 +514,95 @@ impl RuleSpec {
 }
 
 impl Layout {
-    /// The chains, base chains first.
+    /// The chains, base chains first (and each chain before the chains
+    /// that jump to it is not required: the backend creates every chain
+    /// before any rule).
     pub fn chains(&self) -> Vec<ChainSpec> {
-        let jumps: Vec<RuleSpec> = self
-            .interfaces
-            .iter()
-            .map(|i| RuleSpec::JumpFromInterface { iface: i.clone() })
-            .collect();
-        let mut policy = vec![RuleSpec::EstablishedAccept];
+        let mut forward = Vec::new();
+        let mut input = Vec::new();
+        for iface in &self.interfaces {
+            // Before the jump: bridged container-to-container packets would
+            // otherwise meet the egress policy, where a listed private
+            // address could let them through by accident.
+            forward.push(RuleSpec::Intra {
+                iface: iface.clone(),
+                allow: self.intra == Intra::Allow,
+            });
+            forward.push(RuleSpec::JumpFromInterface {
+                iface: iface.clone(),
+                chain: POLICY_CHAIN,
+            });
+            input.push(RuleSpec::JumpFromInterface {
+                iface: iface.clone(),
+                chain: HOST_CHAIN,
+            });
+        }
+        let mut egress = vec![RuleSpec::EstablishedAccept];
         for icmp_type in ND_TYPES {
-            policy.push(RuleSpec::NeighborDiscovery { icmp_type });
+            egress.push(RuleSpec::NeighborDiscovery { icmp_type });
         }
         for family in Family::ALL {
             for proto in [Proto::Udp, Proto::Tcp] {
-                policy.push(RuleSpec::DnsAccept { family, proto });
+                egress.push(RuleSpec::DnsAccept { family, proto });
             }
         }
+        // The host chain shares the head of the egress chain: replies,
+        // neighbour discovery with the gateway, and DNS to the allowed
+        // servers (in the input hook the destination is an address of the
+        // host, so only servers that live on the host match).
+        let mut host = egress.clone();
         for family in Family::ALL {
-            policy.push(RuleSpec::ServiceAccept { family });
+            egress.push(RuleSpec::ServiceAccept { family });
         }
         for family in Family::ALL {
             for proto in [Proto::Tcp, Proto::Udp] {
-                policy.push(RuleSpec::AllPortsAccept { family, proto });
+                egress.push(RuleSpec::AllPortsAccept { family, proto });
             }
         }
+        egress.push(RuleSpec::JumpDeny);
+        host.extend(
+            self.host_ports
+                .iter()
+                .copied()
+                .map(RuleSpec::HostPortAccept),
+        );
+        host.push(RuleSpec::JumpDeny);
+        let mut deny = Vec::new();
         if let Some(log) = &self.log {
-            policy.push(RuleSpec::Log(log.clone()));
+            deny.push(RuleSpec::Log(log.clone()));
         }
         match self.action {
             Action::Reject => {
-                policy.push(RuleSpec::RejectTcp);
-                policy.push(RuleSpec::RejectOther);
+                deny.push(RuleSpec::RejectTcp);
+                deny.push(RuleSpec::RejectOther);
             }
-            Action::Drop => policy.push(RuleSpec::Drop),
+            Action::Drop => deny.push(RuleSpec::Drop),
         }
         vec![
             ChainSpec {
                 name: "forward",
                 hook: Some(Hook::Forward),
-                rules: jumps.clone(),
+                rules: forward,
             },
             ChainSpec {
                 name: "input",
                 hook: Some(Hook::Input),
-                rules: jumps,
+                rules: input,
             },
             ChainSpec {
                 name: POLICY_CHAIN,
                 hook: None,
-                rules: policy,
+                rules: egress,
+            },
+            ChainSpec {
+                name: HOST_CHAIN,
+                hook: None,
+                rules: host,
+            },
+            ChainSpec {
+                name: DENY_CHAIN,
+                hook: None,
+                rules: deny,
             },
         ]
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use egress_core::diff::{diff, kernel_timeout, Change, Diff, LiveAttrs, LiveElements};
 use egress_core::ruleset::{
     ChainSpec, ElementKey, Family, Hook, Layout, RuleSpec, Ruleset, SetId, SetKind, BASE_PRIORITY,
-    POLICY_CHAIN,
+    DENY_CHAIN,
 };
 use egress_core::Proto;
 use libc::nlmsghdr;
@@ -1547,6 +1547,13 @@ fn reject(kind: libc::c_int, code: u8) -> RawExpr {
     }
 }
 
+/// An interface name as `meta iifname` compares it: NUL-padded to IFNAMSIZ.
+fn ifname(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.resize(libc::IFNAMSIZ, 0);
+    bytes
+}
+
 fn family_checks(family: Family) -> [RawExpr; 2] {
     let proto = match family {
         Family::V4 => libc::NFPROTO_IPV4,
@@ -1582,13 +1589,52 @@ fn build_rule<'a>(chain: &'a Chain<'a>, spec: &RuleSpec) -> Result<Rule<'a>> {
     let mut exprs: Vec<RawExpr> = Vec::new();
     let mut verdict = Some(Verdict::Accept);
     match spec {
-        RuleSpec::JumpFromInterface { iface } => {
-            let mut name = iface.as_bytes().to_vec();
-            name.resize(libc::IFNAMSIZ, 0);
+        RuleSpec::JumpFromInterface { iface, chain } => {
             exprs.push(meta(libc::NFT_META_IIFNAME, REG1));
-            exprs.push(cmp(libc::NFT_CMP_EQ, name));
+            exprs.push(cmp(libc::NFT_CMP_EQ, ifname(iface)));
             verdict = Some(Verdict::Jump {
-                chain: cstring(POLICY_CHAIN)?,
+                chain: cstring(chain)?,
+            });
+        }
+        RuleSpec::Intra { iface, allow } => {
+            exprs.push(meta(libc::NFT_META_IIFNAME, REG1));
+            exprs.push(cmp(libc::NFT_CMP_EQ, ifname(iface)));
+            exprs.push(meta(libc::NFT_META_OIFNAME, REG1));
+            exprs.push(cmp(libc::NFT_CMP_EQ, ifname(iface)));
+            if !allow {
+                verdict = Some(Verdict::Jump {
+                    chain: cstring(DENY_CHAIN)?,
+                });
+            }
+        }
+        RuleSpec::HostPortAccept(hp) => {
+            exprs.extend(l4proto_is(hp.proto));
+            exprs.push(payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, REG1));
+            if hp.ports.start == hp.ports.end {
+                exprs.push(cmp(libc::NFT_CMP_EQ, hp.ports.start.to_be_bytes().to_vec()));
+            } else {
+                // What nft emits for `th dport A-B`: one range expression on
+                // the big-endian port.
+                exprs.push(RawExpr {
+                    name: c"range",
+                    attrs: vec![
+                        (sys::NFTNL_EXPR_RANGE_SREG, Attr::U32(REG1)),
+                        (sys::NFTNL_EXPR_RANGE_OP, Attr::U32(0)), // NFT_RANGE_EQ
+                        (
+                            sys::NFTNL_EXPR_RANGE_FROM_DATA,
+                            Attr::Data(hp.ports.start.to_be_bytes().to_vec()),
+                        ),
+                        (
+                            sys::NFTNL_EXPR_RANGE_TO_DATA,
+                            Attr::Data(hp.ports.end.to_be_bytes().to_vec()),
+                        ),
+                    ],
+                });
+            }
+        }
+        RuleSpec::JumpDeny => {
+            verdict = Some(Verdict::Jump {
+                chain: cstring(DENY_CHAIN)?,
             });
         }
         RuleSpec::EstablishedAccept => {

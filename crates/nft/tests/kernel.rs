@@ -34,7 +34,7 @@ fn in_netns<T: Send>(tag: &str, f: impl FnOnce(&Netns, &mut Nft) -> T + Send) ->
 /// as private answers (hostnames here resolve into them).
 fn config(tag: &str) -> Config {
     let text = format!(
-        "[firewall]\ntable = \"oc_k_{tag}_{}\"\nallow_private = [\"198.18.0.0/15\", \"2001:db8::/32\"]\n",
+        "[network]\nhost_ports = [\"tcp/8080\", \"udp/5000-5010\"]\n[firewall]\ntable = \"oc_k_{tag}_{}\"\nallow_private = [\"198.18.0.0/15\", \"2001:db8::/32\"]\n",
         std::process::id()
     );
     Config::parse(Path::new("/test/egressd.toml"), &text).expect("valid test config")
@@ -262,10 +262,11 @@ fn apply_then_read_back_gives_the_desired_table() {
                 "2001:db8:1::53 comment \"dns server\"",
                 "chain forward {",
                 "type filter hook forward priority filter - 10; policy accept;",
+                "iifname \"oc-in0\" oifname \"oc-in0\" jump deny comment \"containers of the network: denied\"",
                 "iifname \"oc-in0\" jump egress comment \"traffic from the agent network\"",
                 "chain input {",
                 "type filter hook input priority filter - 10; policy accept;",
-                "iifname \"oc-in0\" jump egress comment \"traffic from the agent network\"",
+                "iifname \"oc-in0\" jump host comment \"traffic from the agent network to the host\"",
                 "chain egress {",
                 "ct state established,related accept",
                 "ip daddr @dns_v4 udp dport 53 accept",
@@ -278,6 +279,14 @@ fn apply_then_read_back_gives_the_desired_table() {
                 "meta l4proto udp ip daddr @allow_all_ports_v4 accept",
                 "meta l4proto tcp ip6 daddr @allow_all_ports_v6 accept",
                 "meta l4proto udp ip6 daddr @allow_all_ports_v6 accept",
+                "jump deny comment \"everything else is denied\"",
+                "chain host {",
+                "ct state established,related accept",
+                "ip daddr @dns_v4 udp dport 53 accept",
+                "tcp dport 8080 accept comment \"host port tcp/8080\"",
+                "udp dport 5000-5010 accept comment \"host port udp/5000-5010\"",
+                "jump deny comment \"everything else is denied\"",
+                "chain deny {",
                 "limit rate 5/second burst 10 packets log prefix \"openclaw-egress deny: \"",
                 "meta l4proto tcp counter packets 0 bytes 0 reject with tcp reset",
                 "counter packets 0 bytes 0 reject with icmpx admin-prohibited",
@@ -511,11 +520,11 @@ fn an_edited_rule_that_keeps_its_comment_is_drift() {
         let rs = ruleset(&cfg, BASIC, &basic_answers());
         let t = &rs.layout.table;
         nft.apply(&rs).unwrap();
-        let h = rule_handle(ns, t, "egress", "deny: tcp reset");
+        let h = rule_handle(ns, t, "deny", "deny: tcp reset");
         nft_cmd(
             ns,
             &format!(
-                "replace rule inet {t} egress handle {h} meta l4proto tcp accept comment \"deny: tcp reset\""
+                "replace rule inet {t} deny handle {h} meta l4proto tcp accept comment \"deny: tcp reset\""
             ),
         );
         let edited = nft_list(ns, t);
@@ -696,12 +705,12 @@ fn a_refused_batch_leaves_the_previous_table_intact() {
         let shown = err.to_string();
         match &err {
             NftError::Kernel { op, .. } => {
-                assert!(op.starts_with("add rule egress"), "{op}");
+                assert!(op.starts_with("add rule deny"), "{op}");
                 assert!(op.contains("log denied"), "{op}");
             }
             other => panic!("expected NftError::Kernel, got {other:?}"),
         }
-        assert!(shown.contains("add rule egress"), "{shown}");
+        assert!(shown.contains("add rule deny"), "{shown}");
 
         let live = assert_live_is(nft, &rs);
         assert!(live.layout_matches);
