@@ -144,6 +144,7 @@ pub struct Desired {
     pub resolution: Resolution,
     pub dns_allow: Vec<IpAddr>,
     pub resolve_time: Duration,
+    pub bridge: crate::net::Bridge,
 }
 
 pub fn desired(loaded: &Loaded) -> Result<Desired> {
@@ -157,7 +158,9 @@ pub fn desired(loaded: &Loaded) -> Result<Desired> {
         &inputs.dns_allow,
         &inputs.config.firewall.allow_private,
     );
-    let layout = inputs.layout();
+    let bridge = crate::net::find_bridge(&inputs.config);
+    bridge.warn();
+    let layout = policy::layout(&inputs.config, vec![bridge.iface.clone()]);
     Ok(Desired {
         ruleset: Ruleset {
             layout,
@@ -167,5 +170,6 @@ pub fn desired(loaded: &Loaded) -> Result<Desired> {
         resolution,
         dns_allow: inputs.dns_allow.clone(),
         resolve_time,
+        bridge,
     })
 }

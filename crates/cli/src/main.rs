@@ -9,6 +9,7 @@
 mod args;
 mod edit;
 mod load;
+mod net;
 mod status;
 
 use std::path::Path;
@@ -51,8 +52,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
-        Command::Verify { .. } | Command::SetupNetwork { .. } => {
-            anyhow::bail!("this command is not built yet")
+        Command::Verify { .. } => anyhow::bail!("this command is not built yet"),
+        Command::SetupNetwork { bridge, subnet } => {
+            let (_, config) = load::load_config(config)?;
+            net::setup_network(&config, bridge, subnet)
         }
         Command::Check => {
             let loaded = load::load(config)?;
@@ -197,6 +200,7 @@ fn apply(config: Option<&Path>) -> Result<ExitCode> {
         report.read_time.as_secs_f64() * 1e3,
         report.write_time.as_secs_f64() * 1e3,
     );
+    println!("filtering {}", desired.bridge.describe());
     Ok(partial_code(&desired))
 }
 
@@ -280,6 +284,7 @@ fn ruleset_json(d: &Desired) -> serde_json::Value {
         "table": rs.layout.table,
         "family": "inet",
         "interfaces": rs.layout.interfaces,
+        "interface_source": d.bridge.describe(),
         "action": rs.layout.action.name(),
         "dns_allow": d.dns_allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "sets": sets,

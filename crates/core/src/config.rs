@@ -796,7 +796,10 @@ fn parse_private(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-fn check_interface(s: &str) -> Result<(), String> {
+/// Checks an interface name as Linux takes it (at most 15 bytes, no '/',
+/// ':', whitespace or control characters, not "." or ".."); the error
+/// names the `network.interface` key.
+pub fn check_interface(s: &str) -> Result<(), String> {
     let why = if s.is_empty() {
         "must not be empty"
     } else if s.len() > IFNAME_MAX {
