@@ -33,6 +33,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, error, info, warn};
 
 use crate::control::ControlCall;
+use crate::docker::{self, BridgeMsg};
 use crate::watch::FileWatcher;
 
 /// How long file events are collected before one reload.
@@ -134,6 +135,13 @@ pub struct Engine {
     ready: bool,
     started_unix_ms: u64,
     last_status_line: String,
+    /// The interface filtered now.
+    bridge: String,
+    /// The Docker follower: network name, task and its channel.
+    follow: Option<(String, tokio::task::JoinHandle<()>)>,
+    bridge_tx: mpsc::UnboundedSender<BridgeMsg>,
+    /// Last Docker problem reported (warn once per episode, not per retry).
+    docker_problem: Option<String>,
 }
 
 impl Engine {
@@ -321,7 +329,9 @@ impl Engine {
                     );
                 }
                 let resolver_changed = settings(&loaded) != settings(&self.loaded);
-                self.layout = loaded.layout();
+                let network_changed = loaded.config.network.docker
+                    != self.loaded.config.network.docker
+                    || loaded.config.network.interface != self.loaded.config.network.interface;
                 self.sched
                     .set_config(ScheduleConfig::from_resolver(&loaded.config.resolver));
                 self.sched.set_hosts(loaded.hosts.iter().cloned(), now);
@@ -339,6 +349,10 @@ impl Engine {
                     "reloaded"
                 );
                 self.loaded = loaded;
+                if network_changed {
+                    self.refollow();
+                }
+                self.layout = self.layout_now();
                 self.rewatch();
                 self.apply(now);
                 if old_table != self.layout.table {
@@ -359,6 +373,67 @@ impl Engine {
         self.launch_due(now);
         self.update_status_line(now, true);
         notify(&[NotifyState::Ready]);
+    }
+
+    /// The layout for the current config and interface.
+    fn layout_now(&self) -> Layout {
+        policy::layout(&self.loaded.config, vec![self.bridge.clone()])
+    }
+
+    /// (Re)starts following the Docker network of the config, or stops
+    /// when `[network] interface` names the interface itself.
+    fn refollow(&mut self) {
+        if let Some((_, task)) = self.follow.take() {
+            task.abort();
+        }
+        let net = &self.loaded.config.network;
+        match &net.interface {
+            Some(i) => self.bridge = i.clone(),
+            None => {
+                self.follow = Some((
+                    net.docker.clone(),
+                    docker::spawn_follow(net.docker.clone(), self.bridge_tx.clone()),
+                ));
+            }
+        }
+    }
+
+    fn on_bridge(&mut self, msg: BridgeMsg, now: Instant) {
+        let network = self.loaded.config.network.docker.clone();
+        match msg {
+            BridgeMsg::Found(info) => {
+                if self.docker_problem.take().is_some() {
+                    info!(network = %network, bridge = %info.bridge, "Docker network found");
+                }
+                let file = docker::state_file(&self.loaded.config.control.socket);
+                if let Err(e) = docker::remember(&file, &network, &info.bridge) {
+                    debug!(file = %file.display(), error = %e, "cannot remember the bridge");
+                }
+                if info.bridge != self.bridge {
+                    info!(network = %network, bridge = %info.bridge, previous = %self.bridge, "following the Docker network to its bridge");
+                    self.bridge = info.bridge;
+                    self.layout = self.layout_now();
+                    if self.ready {
+                        self.apply(now);
+                    }
+                }
+            }
+            BridgeMsg::Missing => {
+                let why = format!("Docker has no network {network:?}");
+                if self.docker_problem.as_deref() != Some(why.as_str()) {
+                    warn!(network = %network, bridge = %self.bridge, "Docker has no such network (removed, or not created yet); still filtering the last bridge");
+                    self.docker_problem = Some(why);
+                }
+            }
+            BridgeMsg::Unreachable(why) => {
+                if self.docker_problem.is_none() {
+                    warn!(network = %network, bridge = %self.bridge, error = %why, "Docker unreachable; still filtering the last bridge; retrying");
+                } else {
+                    debug!(error = %why, "Docker still unreachable");
+                }
+                self.docker_problem = Some(why);
+            }
+        }
     }
 
     /// The full status (control socket, SIGUSR1), with the deny counters
@@ -483,11 +558,37 @@ impl Engine {
     }
 }
 
+/// The interface to filter at the start: `[network] interface`; else the
+/// Docker network's bridge; when Docker cannot say, the bridge remembered
+/// from the last run, else the name `setup-network` gives it.
+async fn initial_bridge(loaded: &Inputs) -> String {
+    let net = &loaded.config.network;
+    if let Some(i) = &net.interface {
+        return i.clone();
+    }
+    let why = match docker::lookup_once(&net.docker, Duration::from_secs(3)).await {
+        BridgeMsg::Found(info) => {
+            info!(network = %net.docker, bridge = %info.bridge, "filtering the bridge of the Docker network");
+            return info.bridge;
+        }
+        BridgeMsg::Missing => format!("Docker has no network {:?}", net.docker),
+        BridgeMsg::Unreachable(why) => why,
+    };
+    let file = docker::state_file(&loaded.config.control.socket);
+    let (bridge, from) = match docker::remembered(&file, &net.docker) {
+        Some(b) => (b, "remembered from the last run"),
+        None => (net.interface_name(), "the name setup-network gives it"),
+    };
+    warn!(network = %net.docker, bridge = %bridge, from, error = %why, "cannot ask Docker for the bridge; filtering by name until it answers");
+    bridge
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. `loaded` was validated by main.
 pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     let now = Instant::now();
     let mut nft = Nft::new()?;
-    let layout = loaded.layout();
+    let bridge = initial_bridge(&loaded).await;
+    let layout = policy::layout(&loaded.config, vec![bridge.clone()]);
 
     // Closed from the first moment: unless a table with exactly this layout
     // is already live (a restart, whose resolved elements are still valid
@@ -500,6 +601,7 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
     let (nft_tx, mut nft_rx) = mpsc::unbounded_channel();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(64);
+    let (bridge_tx, mut bridge_rx) = mpsc::unbounded_channel();
     sched.set_hosts(loaded.hosts.iter().cloned(), now);
     egress_nft::spawn_monitor(nft.portid(), move || nft_tx.send(()).is_ok())?;
 
@@ -523,8 +625,13 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
         ready: false,
         started_unix_ms: unix_ms(SystemTime::now()),
         last_status_line: String::new(),
+        bridge,
+        follow: None,
+        bridge_tx,
+        docker_problem: None,
         loaded,
     };
+    eng.refollow();
     match &live {
         Some(l) if l.layout_matches => {
             info!(table = %eng.layout.table, "table already live with this layout; keeping its elements until the first answers")
@@ -582,6 +689,7 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
                 }
             },
             Some(s) = signals.next() => on_signal(s),
+            Some(m) = bridge_rx.recv() => eng.on_bridge(m, Instant::now()),
             _ = sleep => {}
         }
         // Coalesce whatever else is already queued: a burst of SIGHUPs is

@@ -9,6 +9,7 @@
 
 mod args;
 mod control;
+mod docker;
 mod engine;
 mod watch;
 
