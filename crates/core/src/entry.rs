@@ -184,3 +184,9 @@ impl fmt::Display for Entry {
         }
     }
 }
+
+impl serde::Serialize for HostName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}

@@ -19,6 +19,7 @@ pub mod render;
 pub mod ruleset;
 pub mod schedule;
 pub mod status;
+pub mod verify;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use entry::{Entry, HostName, PortRange, Proto, Service, Target};
