@@ -10,7 +10,9 @@ mod args;
 mod edit;
 mod load;
 mod net;
+mod probe;
 mod status;
+mod verify;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,7 +54,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
-        Command::Verify { .. } => anyhow::bail!("this command is not built yet"),
+        Command::Verify {
+            json,
+            from,
+            timeout,
+        } => {
+            let from: verify::From = from.parse()?;
+            let loaded = load::load(config)?;
+            print_warnings(&loaded);
+            verify::run(
+                &loaded,
+                from,
+                json,
+                std::time::Duration::from_secs(timeout.max(1)),
+            )
+        }
         Command::SetupNetwork { bridge, subnet } => {
             let (_, config) = load::load_config(config)?;
             net::setup_network(&config, bridge, subnet)

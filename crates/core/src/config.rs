@@ -53,6 +53,28 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// The daemon's control socket.
     pub control: ControlConfig,
+    /// `openclaw-egress verify`.
+    pub verify: VerifyConfig,
+}
+
+/// `[verify]`: how `openclaw-egress verify` probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// Image of the short-lived probe container (it only needs `sleep`).
+    pub image: String,
+    /// An address that is not allowlisted, probed to show that it is
+    /// refused (default 192.0.2.1, a documentation address that is never
+    /// routed, so a broken firewall leaks nothing).
+    pub unlisted: IpAddr,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> VerifyConfig {
+        VerifyConfig {
+            image: "alpine".into(),
+            unlisted: IpAddr::from([192, 0, 2, 1]),
+        }
+    }
 }
 
 /// `[network]`: the Docker network whose bridge is filtered.
@@ -238,6 +260,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             firewall: FirewallConfig::default(),
             control: ControlConfig::default(),
+            verify: VerifyConfig::default(),
         }
     }
 }
@@ -380,6 +403,14 @@ struct RawConfig {
     dns: RawDns,
     firewall: RawFirewall,
     control: RawControl,
+    verify: RawVerify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+struct RawVerify {
+    image: Raw,
+    unlisted: Raw,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -552,6 +583,24 @@ impl Validator<'_> {
                 }),
             },
             firewall: self.firewall(raw.firewall, d.firewall),
+            verify: VerifyConfig {
+                image: self.string(raw.verify.image, "verify.image", d.verify.image, |s| {
+                    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        Err(format!("verify.image: {s:?} is not an image reference"))
+                    } else {
+                        Ok(s.to_owned())
+                    }
+                }),
+                unlisted: self.string(
+                    raw.verify.unlisted,
+                    "verify.unlisted",
+                    d.verify.unlisted,
+                    |s| {
+                        s.parse::<IpAddr>()
+                            .map_err(|_| format!("verify.unlisted: {s:?} is not an IP address"))
+                    },
+                ),
+            },
             control: ControlConfig {
                 socket: self.string(
                     raw.control.socket,
@@ -967,6 +1016,9 @@ log_burst = 0
 log_prefix = ""
 [control]
 socket = "/run/x.sock"
+[verify]
+image = "busybox:1"
+unlisted = "198.51.100.7"
 "#;
         let expected = Config {
             allowlist: PathBuf::from("/srv/allow.conf"),
@@ -1023,6 +1075,10 @@ socket = "/run/x.sock"
             },
             control: ControlConfig {
                 socket: PathBuf::from("/run/x.sock"),
+            },
+            verify: VerifyConfig {
+                image: "busybox:1".into(),
+                unlisted: v4(198, 51, 100, 7),
             },
         };
         assert_eq!(ok(text), expected);

@@ -163,7 +163,10 @@ pub fn judge(probe: Probe, result: Seen, action: Action) -> Verdict {
             // said "prohibited" (reject) or stayed silent (drop).
             (ProbeKind::Udp { .. }, Seen::TimedOut) if action == Action::Reject => (
                 true,
-                Some("no reply and no ICMP error: not refused, but delivery is unproven (UDP)".into()),
+                Some(
+                    "no reply and no ICMP error: not refused, but delivery is unproven (UDP)"
+                        .into(),
+                ),
             ),
             (ProbeKind::Tcp { .. }, Seen::Refused) => (
                 false,
@@ -173,10 +176,16 @@ pub fn judge(probe: Probe, result: Seen, action: Action) -> Verdict {
         },
         Expect::Blocked => match &result {
             r if r.reached() => (false, Some("reached: the firewall let it through".into())),
-            Seen::Error(_) => (false, Some("the probe could not run, so nothing is shown".into())),
+            Seen::Error(_) => (
+                false,
+                Some("the probe could not run, so nothing is shown".into()),
+            ),
             Seen::TimedOut if action == Action::Reject => (
                 true,
-                Some("timed out where this firewall answers with a reject: dropped elsewhere?".into()),
+                Some(
+                    "timed out where this firewall answers with a reject: dropped elsewhere?"
+                        .into(),
+                ),
             ),
             _ => (true, None),
         },
@@ -347,7 +356,10 @@ pub fn plan(ctx: &Context<'_>) -> Vec<Probe> {
         let other = other_port(ports);
         if !target_opens(ctx.entries, &e.target, Proto::Tcp, other) {
             out.push(Probe {
-                what: format!("another port of an allowed destination ({} tcp/{other})", e.target),
+                what: format!(
+                    "another port of an allowed destination ({} tcp/{other})",
+                    e.target
+                ),
                 dest: dest.clone(),
                 kind: tcp(vec![other]),
                 expect: Expect::Blocked,
@@ -356,7 +368,10 @@ pub fn plan(ctx: &Context<'_>) -> Vec<Probe> {
         let is_dns_server = matches!(dest, Dest::Addr(a) if ctx.dns_allow.contains(&a));
         if !is_dns_server && !target_opens(ctx.entries, &e.target, Proto::Udp, 53) {
             out.push(Probe {
-                what: format!("port 53 of an address that is not a DNS server ({})", e.target),
+                what: format!(
+                    "port 53 of an address that is not a DNS server ({})",
+                    e.target
+                ),
                 dest: dest.clone(),
                 kind: ProbeKind::Dns {
                     name: "localhost".into(),
@@ -366,7 +381,10 @@ pub fn plan(ctx: &Context<'_>) -> Vec<Probe> {
         }
         if !target_opens(ctx.entries, &e.target, Proto::Udp, ports.start) {
             out.push(Probe {
-                what: format!("udp to an address allowed for tcp ({} udp/{})", e.target, ports.start),
+                what: format!(
+                    "udp to an address allowed for tcp ({} udp/{})",
+                    e.target, ports.start
+                ),
                 dest,
                 kind: ProbeKind::Udp { port: ports.start },
                 expect: Expect::Blocked,
@@ -376,7 +394,12 @@ pub fn plan(ctx: &Context<'_>) -> Vec<Probe> {
     // The host itself, through the network's gateway.
     for gw in ctx.gateways {
         let port = (1..=u16::MAX)
-            .map(|i| [22u16, 2375, 8080, 1].get(usize::from(i) - 1).copied().unwrap_or(i))
+            .map(|i| {
+                [22u16, 2375, 8080, 1]
+                    .get(usize::from(i) - 1)
+                    .copied()
+                    .unwrap_or(i)
+            })
             .find(|p| !host_port_listed(ctx.host_ports, Proto::Tcp, *p))
             .unwrap_or(1);
         out.push(Probe {
@@ -431,10 +454,16 @@ pub fn plan(ctx: &Context<'_>) -> Vec<Probe> {
     // address (Docker's DNAT) and directly.
     for (label, addr, host_port) in ctx.published {
         let allowed = listed(ctx.entries, addr.ip(), Proto::Tcp, addr.port());
-        let expect = if allowed { Expect::Reach } else { Expect::Blocked };
+        let expect = if allowed {
+            Expect::Reach
+        } else {
+            Expect::Blocked
+        };
         if let Some(gw) = ctx.gateways.iter().find(|g| g.is_ipv4() == addr.is_ipv4()) {
             out.push(Probe {
-                what: format!("published port {host_port} of {label} on another network, via the host"),
+                what: format!(
+                    "published port {host_port} of {label} on another network, via the host"
+                ),
                 dest: Dest::Addr(*gw),
                 kind: tcp(vec![*host_port]),
                 expect,
@@ -520,10 +549,22 @@ mod tests {
         ]);
         let p = plan(&ctx(&e, &[], &[]));
         let w = whats(&p);
-        assert!(w[0].starts_with("Reach api.example Tcp { ports: [443] }"), "{w:#?}");
-        assert!(w[1].starts_with("Reach cdn.example Tcp { ports: [443, 80] }"), "{w:#?}");
-        assert!(w[2].starts_with("Reach 198.18.1.10 Tcp { ports: [8000] }"), "{w:#?}");
-        assert!(w[3].starts_with("Reach 198.18.1.12 Udp { port: 5353 }"), "{w:#?}");
+        assert!(
+            w[0].starts_with("Reach api.example Tcp { ports: [443] }"),
+            "{w:#?}"
+        );
+        assert!(
+            w[1].starts_with("Reach cdn.example Tcp { ports: [443, 80] }"),
+            "{w:#?}"
+        );
+        assert!(
+            w[2].starts_with("Reach 198.18.1.10 Tcp { ports: [8000] }"),
+            "{w:#?}"
+        );
+        assert!(
+            w[3].starts_with("Reach 198.18.1.12 Udp { port: 5353 }"),
+            "{w:#?}"
+        );
         // A range is not one destination: not probed.
         assert!(!w.iter().any(|x| x.contains("10.0.0.0")), "{w:#?}");
         assert!(w[4].starts_with("Reach api.example Resolve"), "{w:#?}");
@@ -609,7 +650,10 @@ mod tests {
         assert!(find("IPv6").starts_with("Blocked [2001:db8::1]"));
         c.intra = Intra::Allow;
         let w = whats(&plan(&c));
-        assert!(w.iter().any(|x| x.starts_with("Reach 172.30.0.3 Udp")), "{w:#?}");
+        assert!(
+            w.iter().any(|x| x.starts_with("Reach 172.30.0.3 Udp")),
+            "{w:#?}"
+        );
     }
 
     fn probe(kind: ProbeKind, expect: Expect) -> Probe {
@@ -626,27 +670,79 @@ mod tests {
         let tcp = || ProbeKind::Tcp { ports: vec![443] };
         let udp = || ProbeKind::Udp { port: 1 };
         let cases = [
-            (tcp(), Expect::Reach, Seen::Connected(443), Action::Reject, true),
+            (
+                tcp(),
+                Expect::Reach,
+                Seen::Connected(443),
+                Action::Reject,
+                true,
+            ),
             (tcp(), Expect::Reach, Seen::Refused, Action::Reject, false),
             (tcp(), Expect::Reach, Seen::TimedOut, Action::Reject, false),
-            (udp(), Expect::Reach, Seen::PortUnreachable, Action::Reject, true),
+            (
+                udp(),
+                Expect::Reach,
+                Seen::PortUnreachable,
+                Action::Reject,
+                true,
+            ),
             (udp(), Expect::Reach, Seen::TimedOut, Action::Reject, true),
             (udp(), Expect::Reach, Seen::TimedOut, Action::Drop, false),
-            (udp(), Expect::Reach, Seen::Prohibited("x".into()), Action::Reject, false),
+            (
+                udp(),
+                Expect::Reach,
+                Seen::Prohibited("x".into()),
+                Action::Reject,
+                false,
+            ),
             (tcp(), Expect::Blocked, Seen::Refused, Action::Reject, true),
             (tcp(), Expect::Blocked, Seen::TimedOut, Action::Drop, true),
             (tcp(), Expect::Blocked, Seen::TimedOut, Action::Reject, true),
-            (tcp(), Expect::Blocked, Seen::Connected(443), Action::Reject, false),
-            (udp(), Expect::Blocked, Seen::PortUnreachable, Action::Reject, false),
-            (udp(), Expect::Blocked, Seen::Answered, Action::Reject, false),
-            (udp(), Expect::Blocked, Seen::Prohibited("x".into()), Action::Reject, true),
-            (udp(), Expect::Blocked, Seen::Error("no route".into()), Action::Reject, false),
+            (
+                tcp(),
+                Expect::Blocked,
+                Seen::Connected(443),
+                Action::Reject,
+                false,
+            ),
+            (
+                udp(),
+                Expect::Blocked,
+                Seen::PortUnreachable,
+                Action::Reject,
+                false,
+            ),
+            (
+                udp(),
+                Expect::Blocked,
+                Seen::Answered,
+                Action::Reject,
+                false,
+            ),
+            (
+                udp(),
+                Expect::Blocked,
+                Seen::Prohibited("x".into()),
+                Action::Reject,
+                true,
+            ),
+            (
+                udp(),
+                Expect::Blocked,
+                Seen::Error("no route".into()),
+                Action::Reject,
+                false,
+            ),
         ];
         for (kind, expect, seen, action, ok) in cases {
             let v = judge(probe(kind.clone(), expect), seen.clone(), action);
             assert_eq!(v.ok, ok, "{kind:?} {expect:?} {seen:?} {action:?}");
         }
-        let v = judge(probe(tcp(), Expect::Blocked), Seen::TimedOut, Action::Reject);
+        let v = judge(
+            probe(tcp(), Expect::Blocked),
+            Seen::TimedOut,
+            Action::Reject,
+        );
         assert!(v.note.unwrap().contains("dropped elsewhere"));
     }
 }

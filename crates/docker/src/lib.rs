@@ -242,6 +242,15 @@ pub struct ContainerRun {
     pub stderr: String,
 }
 
+/// A started container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// Its address on the network it was started on.
+    pub ip: Option<IpAddr>,
+    /// Its main process on the host (0 or missing when it already exited).
+    pub pid: Option<u32>,
+}
+
 /// A short-lived container to run.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
@@ -473,20 +482,29 @@ impl Docker {
     }
 
     /// Starts a container that stays up (`cmd` should not exit) and returns
-    /// its address on `spec.network`. Remove it with
+    /// its address on `spec.network` and its main process (whose network
+    /// namespace the probes join). Remove it with
     /// [`Docker::remove_container`].
-    pub async fn start_container(&self, spec: &ContainerSpec) -> Result<Option<IpAddr>> {
+    pub async fn start_container(&self, spec: &ContainerSpec) -> Result<Started> {
         self.create_and_start(spec).await?;
         let c = self
             .api
             .inspect_container(&spec.name, None)
             .await
             .map_err(Self::api_err(format!("inspect container {}", spec.name)))?;
-        Ok(c.network_settings
+        let pid = c
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .map(|p| p as u32);
+        let ip = c
+            .network_settings
             .and_then(|s| s.networks)
             .and_then(|n| n.get(&spec.network).cloned())
             .and_then(|e| e.ip_address)
-            .and_then(|ip| ip.parse().ok()))
+            .and_then(|ip| ip.parse().ok());
+        Ok(Started { ip, pid })
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<()> {
