@@ -95,7 +95,8 @@ impl TableId {
         (id.name() == name).then_some(id)
     }
 
-    /// The table an element of `set` goes to, and its addresses.
+    /// The table an element goes to (by the shape of its key), and its
+    /// addresses.
     pub fn of_element(key: &ElementKey) -> (TableId, AddrRange) {
         match key {
             ElementKey::Service { addr, proto, ports } => (

@@ -35,7 +35,7 @@ fn the_launchd_plist_has_the_expected_keys() {
         [
             "/usr/local/bin/openclaw-egressd",
             "--config",
-            "/etc/openclaw-egress/egressd.toml"
+            "/private/etc/openclaw-egress/egressd.toml"
         ]
     );
     assert_eq!(d["RunAtLoad"].as_boolean(), Some(true));
@@ -86,7 +86,7 @@ fn the_daemon_parses_the_plists_arguments() {
     let cli = daemon_args::Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         cli.config,
-        std::path::Path::new("/etc/openclaw-egress/egressd.toml")
+        std::path::Path::new("/private/etc/openclaw-egress/egressd.toml")
     );
     assert!(!cli.flush_on_exit);
 }
