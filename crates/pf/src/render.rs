@@ -393,7 +393,12 @@ fn rules(layout: &Layout, groups: &BTreeSet<(Proto, PortRange)>) -> Vec<PfRule> 
     let mut out = Vec::new();
     // Per interface, in the order of nft's egress chain. Replies and ICMP
     // errors of allowed connections need no rule: pf matches them to the
-    // state the pass rule created before any rule is evaluated.
+    // state the pass rule created before any rule is evaluated. Traffic to
+    // the Mac itself enters here too (nft's input hook): a separate policy
+    // for it (host ports) would be rules `to (iface)` placed before the
+    // service rules, ending in a block `to (iface)`. Traffic between two
+    // members of the bridge is bridged, not routed, and never reaches
+    // these `in on bridge` rules.
     for iface in &layout.interfaces {
         for (icmp6_type, dests) in ND_RULES {
             for to in dests {
