@@ -318,8 +318,14 @@ impl FirewallConfig {
     /// The pf anchor name: the table name with `_` turned into `-`, so the
     /// default is `openclaw-egress`, the anchor the old scripts used.
     pub fn pf_anchor(&self) -> String {
-        self.table.replace('_', "-")
+        pf_anchor_name(&self.table)
     }
+}
+
+/// The pf anchor of an nft table name (see [`FirewallConfig::pf_anchor`]);
+/// backends that only get the table name (flush) derive it the same way.
+pub fn pf_anchor_name(table: &str) -> String {
+    table.replace('_', "-")
 }
 
 impl NetworkConfig {
