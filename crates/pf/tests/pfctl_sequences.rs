@@ -506,7 +506,7 @@ fn rules_edited_by_hand_or_another_layout_force_a_full_load() {
         r.reason
             .as_deref()
             .unwrap()
-            .starts_with("the anchor's 12 rules are not this layout's 13"),
+            .starts_with("the anchor's 13 rules are not this layout's 14"),
         "{r:?}"
     );
     // Another action is another layout.
