@@ -39,6 +39,12 @@
 //! of 198.18.0.0/15 that no other test process holds ([`Subnet`]); the lab
 //! host has no route anywhere else. Containers run the busybox image
 //! ([`TEST_IMAGE`], imported from Debian's busybox-static, no registry).
+//!
+//! Run the product inside [`Docker::host`] (`ip netns exec`) with
+//! `DOCKER_HOST` = [`Docker::docker_host`], and name its nft table with
+//! [`unique_name`]: a later run then removes the table if this one is
+//! killed (a leftover table filtering a bridge name would block the next
+//! test that gets that bridge).
 
 #![warn(missing_docs)]
 
