@@ -38,7 +38,9 @@ use crate::servers::Servers;
 use crate::tempdir::TempDir;
 
 /// The tag of the test image: Debian's static busybox and its applet links
-/// in `/bin`, `PATH=/bin`, default command [`IDLE_COMMAND`].
+/// in `/bin`, `PATH=/bin`, default command
+/// `sh -c "trap 'exit 0' TERM INT; sleep 3600 & wait"` (an idle hour that
+/// ends at once on SIGTERM).
 pub const TEST_IMAGE: &str = "openclaw-egress-test/busybox:2";
 
 /// What the test image runs: an hour of sleep that ends at once on SIGTERM
