@@ -18,20 +18,52 @@
 //! Every namespace, process, thread and temporary folder the kit creates is
 //! removed by a `Drop` guard, so a panicking test cleans up too. Names carry
 //! the process id and a counter, so tests can run in parallel.
+//!
+//! # The Docker lab
+//!
+//! For end-to-end tests with real containers, the kit runs a dockerd of its
+//! own in a namespace of its own (the "lab host"), so the machine's network,
+//! firewall and Docker are never touched:
+//!
+//! ```text
+//!  lab host namespace (Docker::host)                     Upstream namespace
+//!  dockerd, its iptables rules, the firewall under test
+//!  bridge oclbN 198.X.N.1/24 (Network)    ocluM 198.X.M.1/24 <-veth-> eth0 198.X.M.10-.14 servers
+//!    |- container 198.X.N.2 (Container)                                  198.X.M.53 dnsmasq
+//!    |- container 198.X.N.3                                              198.X.M.54 port 53, no DNS
+//! ```
+//!
+//! [`Docker::shared`] is one dockerd for every test (started when it does
+//! not answer, left running); [`Docker::private`] is one a test owns (to
+//! stop, restart or kill it). [`Network`]s and [`Upstream`]s each take a /24
+//! of 198.18.0.0/15 that no other test process holds ([`Subnet`]); the lab
+//! host has no route anywhere else. Containers run the busybox image
+//! ([`TEST_IMAGE`], imported from Debian's busybox-static, no registry).
+//!
+//! Run the product inside [`Docker::host`] (`ip netns exec`) with
+//! `DOCKER_HOST` = [`Docker::docker_host`], and name its nft table with
+//! [`unique_name`]: a later run then removes the table if this one is
+//! killed (a leftover table filtering a bridge name would block the next
+//! test that gets that bridge).
 
 #![warn(missing_docs)]
 
 mod dns;
 mod dnsmasq;
+mod docker;
+mod lock;
 mod netns;
 mod probe;
 mod run;
 mod servers;
 mod tempdir;
 mod topology;
+mod upstream;
 
 pub use dns::{query as dns_query, DnsReply, QType};
 pub use dnsmasq::Dnsmasq;
+pub use docker::{Container, Docker, Lookup, Network, TEST_IMAGE};
+pub use lock::Subnet;
 pub use netns::{require_root, unique_name, Netns, NsChild};
 pub use probe::{
     dns_tcp, dns_udp, run_probe, tcp, tcp_connect, udp, udp_roundtrip, Probe, Target, TargetKind,
@@ -44,6 +76,7 @@ pub use topology::{
     Topology, TopologyBuilder, CLIENT_V4, CLIENT_V6, DNS_V4, DNS_V6, OTHER_V4, OTHER_V6,
     ROUTER_IN_V4, ROUTER_IN_V6, ROUTER_OUT_V4, ROUTER_OUT_V6, SERVER_V4, SERVER_V6,
 };
+pub use upstream::{Upstream, UPSTREAM_SERVICES, UPSTREAM_TCP_PORTS, UPSTREAM_UDP_PORTS};
 
 /// errno values a [`Probe::Unreachable`] carries, re-exported so tests need
 /// no `libc` of their own.

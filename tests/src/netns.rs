@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 
+use crate::lock::is_stale;
+
 /// Prefix of every name the kit gives to namespaces and folders.
 pub(crate) const PREFIX: &str = "oct";
 
@@ -35,40 +37,77 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 /// Removes namespaces and folders left by earlier runs of the kit whose
-/// process is gone (a run killed before its guards could drop). Only names
-/// of the kit's own form whose owner pid no longer exists are touched.
-fn clean_stale() {
+/// process is gone (a run killed before its guards could drop), after
+/// killing the processes those runs left running: those inside such a
+/// namespace, and those whose command line names such a folder (a daemon
+/// under test started with a config in it). Only names of the kit's own
+/// form whose owner pid no longer exists are touched.
+pub(crate) fn clean_stale() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let stale = |name: &str| -> bool {
-            let mut parts = name.splitn(3, '-');
-            if parts.next() != Some(PREFIX) {
-                return false;
+        let stale_ns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| is_stale(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut doomed: Vec<u32> = Vec::new();
+        for name in &stale_ns {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+                doomed.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
             }
-            match parts.next().and_then(|p| p.parse::<u32>().ok()) {
-                Some(pid) => {
-                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-                }
-                None => false,
+        }
+        doomed.extend(processes_naming_stale_folders());
+        for pid in doomed {
+            // SAFETY: plain syscall. The process runs in a namespace of a
+            // test run that is gone, or names that run's folder: the kit
+            // started it.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
-        };
-        if let Ok(dir) = std::fs::read_dir("/run/netns") {
-            for e in dir.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if stale(&name) {
-                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
-                }
-            }
+        }
+        for name in &stale_ns {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
         if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if stale(&name) {
+                if is_stale(&name) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
     });
+}
+
+/// Pids of processes whose command line names a temporary folder of the
+/// kit (`TMP/oct-PID-N-TAG`) whose owner is gone.
+fn processes_naming_stale_folders() -> Vec<u32> {
+    let needle = format!("{}/{PREFIX}-", std::env::temp_dir().display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            let named_stale = cmdline.match_indices(&needle).any(|(i, _)| {
+                let name: String = cmdline[i + needle.len() - PREFIX.len() - 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect();
+                is_stale(&name)
+            });
+            named_stale.then_some(pid)
+        })
+        .collect()
 }
 
 /// Runs a command, panicking with its output when it fails.
@@ -103,6 +142,30 @@ pub(crate) fn enter(path: &Path) {
     }
 }
 
+/// Runs `f` on a thread that has entered the network namespace at `path`
+/// (a `/run/netns/NAME` mount or a `/proc/PID/ns/net` file), and returns
+/// its result; `label` names the thread. A panic in `f` is propagated.
+pub(crate) fn run_in<T: Send>(path: &Path, label: &str, f: impl FnOnce() -> T + Send) -> T {
+    // Named after the calling thread (the test), so a panic in `f` says
+    // which test it belongs to.
+    let mut builder = std::thread::Builder::new();
+    if let Some(name) = std::thread::current().name() {
+        builder = builder.name(format!("{name} [{label}]"));
+    }
+    std::thread::scope(|s| {
+        let handle = builder
+            .spawn_scoped(s, move || {
+                enter(path);
+                f()
+            })
+            .expect("spawn a thread");
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// A network namespace (`ip netns add`) with `lo` up, deleted on drop.
 ///
 /// Processes started with [`Netns::spawn`] are killed before the namespace
@@ -111,6 +174,8 @@ pub(crate) fn enter(path: &Path) {
 pub struct Netns {
     name: String,
     pids: Mutex<Vec<u32>>,
+    /// Deleted on drop (false for [`Netns::persistent`] ones).
+    owned: bool,
 }
 
 impl Netns {
@@ -124,8 +189,30 @@ impl Netns {
         let ns = Netns {
             name,
             pids: Mutex::new(Vec::new()),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace called `name` (created, with `lo` up, when it does not
+    /// exist yet), which outlives this handle: drop neither deletes it nor
+    /// kills what runs in it (processes started with [`Netns::spawn`] are
+    /// still killed by their own guards). For state shared by every test
+    /// run on the machine, such as the lab's Docker daemon. Callers
+    /// serialise creation (two processes racing on a fresh name both see
+    /// `ip netns add` succeed or fail harmlessly only under a lock).
+    pub fn persistent(name: &str) -> Netns {
+        require_root();
+        let ns = Netns {
+            name: name.to_owned(),
+            pids: Mutex::new(Vec::new()),
+            owned: false,
+        };
+        if !ns.path().exists() {
+            run_ok(Command::new("ip").args(["netns", "add", name]));
+            ns.ip(&["link", "set", "lo", "up"]);
+        }
         ns
     }
 
@@ -143,25 +230,7 @@ impl Netns {
     /// result. A panic in `f` is propagated with its own message. Sockets
     /// created by `f` stay in the namespace wherever they are used later.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = self.path();
-        // Named after the calling thread (the test), so a panic in `f` says
-        // which test it belongs to.
-        let mut builder = std::thread::Builder::new();
-        if let Some(name) = std::thread::current().name() {
-            builder = builder.name(format!("{name} [{}]", self.name));
-        }
-        std::thread::scope(|s| {
-            let handle = builder
-                .spawn_scoped(s, move || {
-                    enter(&path);
-                    f()
-                })
-                .expect("spawn a thread");
-            match handle.join() {
-                Ok(v) => v,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+        run_in(&self.path(), &self.name, f)
     }
 
     /// Runs a command in the namespace (`ip netns exec NAME ARGS...`) and
@@ -272,6 +341,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let pids = std::mem::take(&mut *self.pids.lock().unwrap_or_else(|e| e.into_inner()));
         for pid in pids {
             // SAFETY: plain syscall. The pid belongs to a child this kit

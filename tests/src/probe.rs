@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::dns::{self, QType};
@@ -35,6 +36,10 @@ pub enum Probe {
     Unreachable(i32),
     /// Nothing came back in time (a drop).
     TimedOut,
+    /// A probe by name never sent a packet: the name did not resolve (no
+    /// such name, no address, or no DNS answer at all). Only the busybox
+    /// probes run inside containers ([`crate::Container::nc`]) give it.
+    NoAddress,
     /// Anything else (a local error), in words.
     Failed(String),
 }
@@ -255,26 +260,7 @@ impl Netns {
     }
 
     fn probe_each(&self, targets: &[(&Target, Duration)]) -> Vec<Probe> {
-        let path = self.path();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = targets
-                .iter()
-                .map(|(t, timeout)| {
-                    let path = &path;
-                    s.spawn(move || {
-                        enter(path);
-                        run_probe(t, *timeout)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| match h.join() {
-                    Ok(p) => p,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        })
+        probe_each_in(&self.path(), targets)
     }
 
     /// Probes every target concurrently and panics, with a table of every
@@ -286,34 +272,68 @@ impl Netns {
     /// from failing them.
     #[track_caller]
     pub fn expect(&self, cases: &[(Target, Probe)], timeout: Duration) {
-        let timed: Vec<(&Target, Duration)> = cases
+        expect_in(
+            &self.path(),
+            &format!("namespace {}", self.name()),
+            cases,
+            timeout,
+        )
+    }
+}
+
+/// Probes every target concurrently, each on its own thread inside the
+/// network namespace at `path`, each with its own timeout.
+pub(crate) fn probe_each_in(path: &Path, targets: &[(&Target, Duration)]) -> Vec<Probe> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = targets
             .iter()
-            .map(|(t, want)| match want {
-                Probe::TimedOut => (t, timeout),
-                _ => (t, timeout.max(PATIENT_TIMEOUT)),
+            .map(|(t, timeout)| {
+                s.spawn(move || {
+                    enter(path);
+                    run_probe(t, *timeout)
+                })
             })
             .collect();
-        let got = self.probe_each(&timed);
-        let mut table = String::new();
-        let mut bad = 0;
-        for ((t, want), got) in cases.iter().zip(&got) {
-            let mark = if want == got { "  " } else { "✗ " };
-            if want != got {
-                bad += 1;
-            }
-            table.push_str(&format!(
-                "{mark}{:<40} expected {:<24} got {got}\n",
-                t.to_string(),
-                want.to_string()
-            ));
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(p) => p,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+/// [`Netns::expect`] for the network namespace at `path`; `who` names it
+/// in the failure message.
+#[track_caller]
+pub(crate) fn expect_in(path: &Path, who: &str, cases: &[(Target, Probe)], timeout: Duration) {
+    let timed: Vec<(&Target, Duration)> = cases
+        .iter()
+        .map(|(t, want)| match want {
+            Probe::TimedOut => (t, timeout),
+            _ => (t, timeout.max(PATIENT_TIMEOUT)),
+        })
+        .collect();
+    let got = probe_each_in(path, &timed);
+    let mut table = String::new();
+    let mut bad = 0;
+    for ((t, want), got) in cases.iter().zip(&got) {
+        let mark = if want == got { "  " } else { "✗ " };
+        if want != got {
+            bad += 1;
         }
-        assert!(
-            bad == 0,
-            "{bad} of {} probes from namespace {} ended otherwise than expected:\n{table}",
-            cases.len(),
-            self.name()
-        );
+        table.push_str(&format!(
+            "{mark}{:<40} expected {:<24} got {got}\n",
+            t.to_string(),
+            want.to_string()
+        ));
     }
+    assert!(
+        bad == 0,
+        "{bad} of {} probes from {who} ended otherwise than expected:\n{table}",
+        cases.len(),
+    );
 }
 
 impl Topology {

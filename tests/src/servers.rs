@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::netns::Netns;
+use crate::netns::{run_in, Netns};
 use crate::topology::{OTHER_V4, OTHER_V6, SERVER_V4, SERVER_V6};
 
 /// TCP or UDP.
@@ -48,15 +49,28 @@ pub struct Servers {
 impl Servers {
     /// Binds every address (inside `ns`) and starts serving.
     pub fn start(ns: &Netns, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Servers {
-        let socks: Vec<Sock> = ns.run(|| {
+        Servers::start_at(&ns.path(), ns.name(), tcp, udp)
+    }
+
+    /// [`Servers::start`] in the network namespace at `path` (e.g. a
+    /// container's `/proc/PID/ns/net`); `label` names it in messages.
+    pub(crate) fn start_at(
+        path: &Path,
+        label: &str,
+        tcp: &[SocketAddr],
+        udp: &[SocketAddr],
+    ) -> Servers {
+        let socks: Vec<Sock> = run_in(path, label, || {
             let mut v = Vec::new();
             for a in tcp {
-                let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind tcp {a} in ns: {e}"));
+                let l =
+                    TcpListener::bind(a).unwrap_or_else(|e| panic!("bind tcp {a} in {label}: {e}"));
                 l.set_nonblocking(true).expect("nonblocking");
                 v.push(Sock::Tcp(l, *a));
             }
             for a in udp {
-                let s = UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind udp {a} in ns: {e}"));
+                let s =
+                    UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind udp {a} in {label}: {e}"));
                 s.set_nonblocking(true).expect("nonblocking");
                 v.push(Sock::Udp(s, *a));
             }
@@ -67,7 +81,7 @@ impl Servers {
         let thread = {
             let (stop, hits) = (stop.clone(), hits.clone());
             std::thread::Builder::new()
-                .name(format!("servers-{}", ns.name()))
+                .name(format!("servers-{label}"))
                 .spawn(move || serve(socks, &stop, &hits))
                 .expect("spawn server thread")
         };
