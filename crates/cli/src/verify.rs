@@ -93,10 +93,18 @@ impl Drop for Cleanup {
         if !self.containers.is_empty() {
             if let Ok(rt) = runtime() {
                 rt.block_on(async {
-                    if let Ok(d) = Docker::connect().await {
-                        for c in &self.containers {
-                            let _ = d.remove_container(c).await;
+                    match Docker::connect().await {
+                        Ok(d) => {
+                            for c in &self.containers {
+                                if let Err(e) = d.remove_container(c).await {
+                                    eprintln!("openclaw-egress: warning: cannot remove container {c}: {e}");
+                                }
+                            }
                         }
+                        Err(e) => eprintln!(
+                            "openclaw-egress: warning: cannot remove containers {:?}: {e}",
+                            self.containers
+                        ),
                     }
                 });
             }

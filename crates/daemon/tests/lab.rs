@@ -42,6 +42,8 @@ fn secs(n: u64) -> Duration {
 struct Cfg {
     min_ttl: &'static str,
     grace: &'static str,
+    /// Follow this Docker network instead of naming the interface.
+    docker: Option<String>,
 }
 
 impl Default for Cfg {
@@ -49,6 +51,7 @@ impl Default for Cfg {
         Cfg {
             min_ttl: "1s",
             grace: "3s",
+            docker: None,
         }
     }
 }
@@ -105,7 +108,7 @@ impl<'d> Lab<'d> {
         let text = format!(
             "allowlist = \"allowlist.conf\"\n\
              [network]\n\
-             interface = \"{iface}\"\n\
+             {network}\n\
              [resolver]\n\
              servers = [\"{dns}:53\"]\n\
              min_ttl = \"{min_ttl}\"\n\
@@ -119,7 +122,10 @@ impl<'d> Lab<'d> {
              allow_private = [\"198.18.0.0/15\"]\n\
              [control]\n\
              socket = \"{socket}\"\n",
-            iface = self.net.bridge(),
+            network = match &c.docker {
+                Some(n) => format!("docker = \"{n}\""),
+                None => format!("interface = \"{}\"", self.net.bridge()),
+            },
             min_ttl = c.min_ttl,
             grace = c.grace,
             table = self.table,
@@ -660,6 +666,97 @@ fn a_network_re_created_under_the_running_daemon_stays_enforced() {
         BLOCKED_TIMEOUT,
     );
     assert_eq!(c.nc("r.lab.test", 443, secs(2)), Probe::Connected);
+    assert!(d.is_running(), "{}", d.log());
+}
+
+#[test]
+fn the_daemon_follows_the_docker_network_to_a_new_bridge() {
+    // A network without a bridge name: Docker names the bridge br-<id>, and
+    // a re-created network gets a new id, so a new interface. The daemon
+    // must move its rules there by itself (issue: within 2 s).
+    let docker = Docker::shared();
+    let lab = Lab::new(docker, "follow");
+    let subnet = testkit::Subnet::claim();
+    let name = unique_name("follow-net");
+    let create = || {
+        docker.ok([
+            "network",
+            "create",
+            "--subnet",
+            &subnet.cidr(),
+            "--gateway",
+            &subnet.addr(1).to_string(),
+            &name,
+        ]);
+        let id = docker.ok(["network", "inspect", "--format", "{{.Id}}", &name]);
+        format!("br-{}", &id.trim()[..12])
+    };
+    struct Rm<'a>(&'a Docker, String);
+    impl Drop for Rm<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cmd(["rm", "-f", &format!("{}-c", self.1)]);
+            let _ = self.0.cmd(["network", "rm", &self.1]);
+        }
+    }
+    let _rm = Rm(docker, name.clone());
+    let bridge1 = create();
+    lab.config(&Cfg {
+        docker: Some(name.clone()),
+        ..Cfg::default()
+    });
+    let s0 = lab.s(0);
+    lab.allowlist(&format!("{s0}:443\n"));
+    let mut d = lab.start();
+    lab.wait_elements(&[s0], &mut d);
+    let filters = |b: &str| {
+        lab.listing()
+            .is_some_and(|l| l.contains(&format!("iifname \"{b}\" jump egress")))
+    };
+    assert!(filters(&bridge1), "{:?}\n{}", lab.listing(), d.log());
+    docker.ok(["network", "rm", &name]);
+    let t0 = Instant::now();
+    let bridge2 = create();
+    assert_ne!(bridge1, bridge2);
+    while !filters(&bridge2) {
+        assert!(
+            t0.elapsed() < secs(2),
+            "the rules did not follow to {bridge2} within 2 s:\n{:?}\n{}",
+            lab.listing(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("followed the re-created network in {:?}", t0.elapsed());
+    // And a container on the new bridge is filtered.
+    docker.ok([
+        "run",
+        "--detach",
+        "--name",
+        &format!("{name}-c"),
+        "--network",
+        &name,
+        docker.image(),
+    ]);
+    let cname = format!("{name}-c");
+    let nc = |addr: IpAddr| {
+        let out = docker.cmd(["exec", &cname, "nc", "-w", "2", &addr.to_string(), "443"]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, why) = nc(s0);
+    assert!(
+        ok,
+        "allowed address not reached from the new bridge: {why}\n{}",
+        d.log()
+    );
+    let (ok, why) = nc(lab.s(1));
+    assert!(
+        !ok && why.contains("Connection refused"),
+        "{why}\n{}",
+        d.log()
+    );
     assert!(d.is_running(), "{}", d.log());
 }
 
