@@ -92,12 +92,7 @@ pub(crate) fn check_target(addr: SocketAddr) {
     let ok = match addr.ip() {
         IpAddr::V4(a) => {
             let o = a.octets();
-            // 169.254.169.254 only as the lab serves it: from an upstream
-            // namespace of its own, in a lab without any other route (the
-            // metadata scenario shows the firewall blocks it).
-            a.is_loopback()
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-                || a == std::net::Ipv4Addr::new(169, 254, 169, 254)
+            a.is_loopback() || (o[0] == 198 && (o[1] & 0xfe) == 18)
         }
         IpAddr::V6(a) => {
             let s = a.segments();
@@ -106,8 +101,8 @@ pub(crate) fn check_target(addr: SocketAddr) {
     };
     assert!(
         ok,
-        "refusing to send test traffic to {addr}: only loopback, 198.18.0.0/15, \
-         2001:db8::/32 and the lab's own 169.254.169.254 are allowed"
+        "refusing to send test traffic to {addr}: only loopback, 198.18.0.0/15 \
+         and 2001:db8::/32 are allowed"
     );
 }
 

@@ -114,6 +114,24 @@ impl Drop for Lab<'_> {
     }
 }
 
+/// TCP from the container's own busybox `nc` to the metadata address. The
+/// kit's probes refuse 169.254.169.254 on purpose; this one scenario serves
+/// it itself, from an upstream namespace of the lab, which has no other
+/// route, so the address is named here and nowhere else.
+fn meta_nc(docker: &Docker, c: &Container<'_>) -> Probe {
+    let out = docker.cmd(["exec", c.name(), "nc", "-w", "2", "169.254.169.254", "80"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Probe::Connected
+    } else if err.contains("Connection refused") {
+        Probe::Refused
+    } else if err.contains("timed out") {
+        Probe::TimedOut
+    } else {
+        Probe::Failed(err.into_owned())
+    }
+}
+
 fn t(addr: IpAddr, port: u16) -> testkit::Target {
     tcp(&SocketAddr::new(addr, port).to_string())
 }
@@ -424,22 +442,17 @@ fn another_networks_published_port_and_the_metadata_address_need_an_ip_entry() {
     // Without the table: the metadata address and the published port
     // answer; the other network's container itself is dropped silently by
     // Docker's own isolation between networks.
-    a.expect(
-        &[
-            (t(meta, 80), Probe::Connected),
-            (t(gw, public), Probe::Connected),
-        ],
-        BLOCKED_TIMEOUT,
-    );
+    assert_eq!(meta_nc(docker, &a), Probe::Connected);
+    a.expect(&[(t(gw, public), Probe::Connected)], BLOCKED_TIMEOUT);
     a.expect(
         &[(t(svc_ip, 8080), Probe::TimedOut)],
         Duration::from_secs(1),
     );
     lab.run(&["apply"]).expect_code(0);
     // Our table now refuses all three, before Docker sees them.
+    assert_eq!(meta_nc(docker, &a), Probe::Refused);
     a.expect(
         &[
-            (t(meta, 80), Probe::Refused),
             (t(gw, public), Probe::Refused),
             (t(svc_ip, 8080), Probe::Refused),
         ],
@@ -456,13 +469,8 @@ fn another_networks_published_port_and_the_metadata_address_need_an_ip_entry() {
         ..Extra::default()
     });
     lab.run(&["apply"]).expect_code(0);
-    a.expect(
-        &[
-            (t(meta, 80), Probe::Connected),
-            (t(gw, public), Probe::Connected),
-        ],
-        BLOCKED_TIMEOUT,
-    );
+    assert_eq!(meta_nc(docker, &a), Probe::Connected);
+    a.expect(&[(t(gw, public), Probe::Connected)], BLOCKED_TIMEOUT);
     a.expect(
         &[(t(svc_ip, 8080), Probe::TimedOut)],
         Duration::from_secs(1),
@@ -474,5 +482,5 @@ fn another_networks_published_port_and_the_metadata_address_need_an_ip_entry() {
     lab.run(&["apply"])
         .expect_code(0)
         .stderr_has("refused answer 169.254.169.254");
-    a.expect(&[(t(meta, 80), Probe::Refused)], BLOCKED_TIMEOUT);
+    assert_eq!(meta_nc(docker, &a), Probe::Refused);
 }
