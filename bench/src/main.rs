@@ -155,7 +155,7 @@ fn main() -> Result<()> {
                     Filter::Scripts(1_000),
                     Filter::Scripts(10_000),
                 ];
-                let dp_runs = if quick { 2 } else { runs.min(5) };
+                let dp_runs = if quick { 2 } else { runs };
                 res.dataplane = Some(dataplane::run(&bins, &filters, dp_runs, load)?);
                 res.dataplane_load = Some((load.clients, load.measure.as_secs_f64()));
             }

@@ -138,6 +138,15 @@ where
         .disable_x_mesh()
         .x_labels(groups.len() * 10 + 1)
         .x_label_formatter(&label)
+        .y_label_formatter(&|y| {
+            if *y >= 10.0 {
+                format!("{y:.0}")
+            } else if *y >= 1.0 {
+                format!("{y:.1}")
+            } else {
+                format!("{y:.2}")
+            }
+        })
         .y_desc(y_desc)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
@@ -290,7 +299,7 @@ pub fn all(res: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
         let groups = vec![
             "ours: kernel write".to_string(),
             "ours: read + diff + write".to_string(),
-            "floor: nft -f (1 element)".to_string(),
+            "floor: nft -f, same change".to_string(),
             "scripts: full reload".to_string(),
         ];
         let series = vec![Series {
