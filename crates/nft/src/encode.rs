@@ -150,14 +150,14 @@ fn decode_addr(set: SetId, b: &[u8]) -> Result<IpAddr, DecodeError> {
             let a: [u8; 4] = b
                 .get(..4)
                 .and_then(|s| s.try_into().ok())
-                .ok_or(err("short"))?;
+                .ok_or_else(|| err("short"))?;
             Ok(IpAddr::from(a))
         }
         Family::V6 => {
             let a: [u8; 16] = b
                 .get(..16)
                 .and_then(|s| s.try_into().ok())
-                .ok_or(err("short"))?;
+                .ok_or_else(|| err("short"))?;
             Ok(IpAddr::from(a))
         }
     }
@@ -174,7 +174,7 @@ fn decode_svc(set: SetId, b: &[u8]) -> Result<(IpAddr, Proto, u16), DecodeError>
     }
     let alen = b.len() - 8;
     let addr = decode_addr(set, &b[..alen])?;
-    let proto = Proto::from_number(b[alen]).ok_or(err("unknown protocol"))?;
+    let proto = Proto::from_number(b[alen]).ok_or_else(|| err("unknown protocol"))?;
     let port = u16::from_be_bytes([b[alen + 4], b[alen + 5]]);
     Ok((addr, proto, port))
 }
@@ -400,7 +400,11 @@ mod tests {
             },
             attrs: (),
         };
-        assert!(decode(SetId::Svc4, &[bad_proto]).is_err());
+        // The error is built only on failure (not eagerly for every
+        // element read back), and still names the bytes and the reason.
+        let e = decode(SetId::Svc4, &[bad_proto]).unwrap_err();
+        assert_eq!(e.why, "unknown protocol");
+        assert_eq!(e.hex, "010203040100000000350000");
     }
 
     #[test]
