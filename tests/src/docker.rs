@@ -10,9 +10,9 @@
 //! sends can leave the lab, and the machine's own network, firewall and
 //! Docker (if any) are never touched.
 //!
-//! - [`Docker::shared`]: one dockerd for the whole machine (lab host
-//!   namespace `oclab`), started by the first test that needs it and left
-//!   running for the next ones (CI machines are thrown away).
+//! - [`Docker::shared`]: one dockerd for every test process running at
+//!   once (lab host namespace `oclab`), started by the first that needs it
+//!   and stopped, with its namespace and folders, by the last one to exit.
 //! - [`Docker::private`]: a dockerd a test owns, for scenarios that stop,
 //!   restart or kill it; stopped and removed on drop.
 //!
@@ -76,9 +76,12 @@ pub struct Docker {
 
 impl Docker {
     /// The machine's shared lab dockerd, started (once, under a lock every
-    /// test process honours) when it does not answer yet, and left running
-    /// at exit. Leftovers of test processes that are gone (containers and
-    /// networks named `oct-PID-...`) are removed on first use.
+    /// test process honours) when it does not answer yet. Each process
+    /// using it holds a shared lock on `oclab.users` until it exits; the
+    /// last one out stops it and removes its namespace and folders (see
+    /// [`teardown_shared`]). Leftovers of test processes that are gone
+    /// (containers and networks named `oct-PID-...`) are removed on first
+    /// use.
     pub fn shared() -> &'static Docker {
         static SHARED_DOCKER: OnceLock<Docker> = OnceLock::new();
         let d = SHARED_DOCKER.get_or_init(|| {
@@ -87,6 +90,13 @@ impl Docker {
             let d = Docker::describe(SHARED.to_owned(), Netns::persistent(SHARED), false, &[]);
             d.ensure_running();
             d.remove_stale_objects();
+            *SHARED_USER.lock().unwrap() =
+                Some(FileLock::shared(&lab_path(&format!("{SHARED}.users"))));
+            // SAFETY: registers a plain `extern "C" fn` that takes no
+            // arguments; it runs once, at process exit.
+            unsafe {
+                libc::atexit(teardown_shared);
+            }
             d
         });
         clean_stale_lab();
@@ -438,6 +448,75 @@ impl Drop for Docker {
         }
         remove_dockerd_leftovers(&self.run_dir, &self.data_root);
         let _ = std::fs::remove_file(self.log_path());
+    }
+}
+
+/// This process's share of the shared dockerd (see [`Docker::shared`]).
+static SHARED_USER: Mutex<Option<FileLock>> = Mutex::new(None);
+
+/// At exit: gives up this process's share of the shared dockerd and, when
+/// no other process holds one, stops it and removes its namespace, folders
+/// and log, so a finished test run leaves nothing behind. A process killed
+/// with SIGKILL skips this; the next run reuses (and finally removes) what
+/// it left.
+extern "C" fn teardown_shared() {
+    // A panic must not unwind out of an atexit handler.
+    let _ = std::panic::catch_unwind(|| {
+        let Some(share) = SHARED_USER.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        drop(share);
+        // Serialised with a process starting it right now.
+        let _start = FileLock::exclusive(&lab_path(&format!("{SHARED}.lock")));
+        let Some(_last) = FileLock::try_exclusive(&lab_path(&format!("{SHARED}.users"))) else {
+            return; // Others still use it.
+        };
+        let run_dir = lab_path(SHARED);
+        let data_root = Path::new(LAB_DATA).join(SHARED);
+        if let Some(pid) = std::fs::read_to_string(run_dir.join("docker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            stop_process(pid, Duration::from_secs(30));
+        }
+        remove_dockerd_leftovers(&run_dir, &data_root);
+        let _ = std::fs::remove_file(Path::new(LAB_DATA).join(format!("{SHARED}.log")));
+        let _ = Command::new("ip")
+            .args(["netns", "del", SHARED])
+            .stdin(Stdio::null())
+            .output();
+    });
+}
+
+/// SIGTERM to `pid`, then waits (reaping it when it is this process's
+/// child) until it is gone, or SIGKILL after `limit`.
+fn stop_process(pid: i32, limit: Duration) {
+    let gone = |pid: i32| {
+        // SAFETY: plain syscall; reaps `pid` only if it is our exited child.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    };
+    // SAFETY: plain syscall; the pid file of the lab's own dockerd names it.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while !gone(pid) {
+        if t0.elapsed() > limit {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

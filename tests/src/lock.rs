@@ -29,6 +29,21 @@ pub(crate) struct FileLock {
 impl FileLock {
     /// Opens (creating) `path` and waits for the exclusive lock.
     pub(crate) fn exclusive(path: &Path) -> FileLock {
+        FileLock::acquire(path, libc::LOCK_EX).expect("a blocking flock always ends locked")
+    }
+
+    /// Opens (creating) `path` and waits for a shared lock: many holders
+    /// at once, none while someone holds it exclusively.
+    pub(crate) fn shared(path: &Path) -> FileLock {
+        FileLock::acquire(path, libc::LOCK_SH).expect("a blocking flock always ends locked")
+    }
+
+    /// The exclusive lock if nobody holds any lock on `path` now.
+    pub(crate) fn try_exclusive(path: &Path) -> Option<FileLock> {
+        FileLock::acquire(path, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn acquire(path: &Path, op: libc::c_int) -> Option<FileLock> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -38,16 +53,17 @@ impl FileLock {
             .unwrap_or_else(|e| panic!("cannot open the lock file {}: {e}", path.display()));
         loop {
             // SAFETY: plain syscall on an fd `file` owns for the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
             if rc == 0 {
-                break;
+                return Some(FileLock { file });
             }
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                panic!("flock {}: {e}", path.display());
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EWOULDBLOCK) => return None,
+                _ => panic!("flock {}: {e}", path.display()),
             }
         }
-        FileLock { file }
     }
 
     /// The locked file's contents.
