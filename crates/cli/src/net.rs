@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use egress_core::config::{check_interface, Config};
-use egress_docker::{differences, Docker, NetworkInfo, NetworkSpec};
+use egress_docker::{differences, lookup_once, Docker, Lookup, NetworkInfo, NetworkSpec};
 use ipnet::IpNet;
 
 /// Where the filtered interface came from.
@@ -53,23 +53,15 @@ pub fn find_bridge(config: &Config) -> Bridge {
         Ok(rt) => rt,
         Err(e) => return fallback(format!("{e:#}")),
     };
-    let found = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            let d = Docker::connect().await?;
-            d.network(name).await
-        })
-        .await
-    });
-    match found {
-        Ok(Ok(Some(info))) => Bridge {
+    match rt.block_on(lookup_once(name, Duration::from_secs(10))) {
+        Lookup::Found(info) => Bridge {
             iface: info.bridge.clone(),
             source: Source::Docker(info),
         },
-        Ok(Ok(None)) => fallback(format!(
+        Lookup::Missing => fallback(format!(
             "Docker has no network {name:?} (create it with `openclaw-egress setup-network`)"
         )),
-        Ok(Err(e)) => fallback(e.to_string()),
-        Err(_) => fallback("Docker did not answer within 10s".into()),
+        Lookup::Unreachable(why) => fallback(why),
     }
 }
 

@@ -80,33 +80,45 @@ fn bridge_addrs(iface: &str) -> Result<Vec<IpNet>> {
     Ok(nets)
 }
 
-/// Things to remove at the end, whatever happens.
-#[derive(Default)]
-struct Cleanup {
+/// One `verify` run's runtime and Docker client (connected once, when
+/// first needed), and what it started, removed at the end whatever
+/// happens.
+struct Session {
+    rt: tokio::runtime::Runtime,
+    docker: Option<Result<Docker, String>>,
     containers: Vec<String>,
     netns: Vec<String>,
     links: Vec<String>,
 }
 
-impl Drop for Cleanup {
+impl Session {
+    fn new() -> Result<Session> {
+        Ok(Session {
+            rt: runtime()?,
+            docker: None,
+            containers: Vec::new(),
+            netns: Vec::new(),
+            links: Vec::new(),
+        })
+    }
+
+    /// The Docker client, connecting on first use.
+    fn docker(&mut self) -> Result<Docker> {
+        let rt = &self.rt;
+        self.docker
+            .get_or_insert_with(|| rt.block_on(Docker::connect()).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
-        if !self.containers.is_empty() {
-            if let Ok(rt) = runtime() {
-                rt.block_on(async {
-                    match Docker::connect().await {
-                        Ok(d) => {
-                            for c in &self.containers {
-                                if let Err(e) = d.remove_container(c).await {
-                                    eprintln!("openclaw-egress: warning: cannot remove container {c}: {e}");
-                                }
-                            }
-                        }
-                        Err(e) => eprintln!(
-                            "openclaw-egress: warning: cannot remove containers {:?}: {e}",
-                            self.containers
-                        ),
-                    }
-                });
+        if let Some(Ok(d)) = &self.docker {
+            for c in &self.containers {
+                if let Err(e) = self.rt.block_on(d.remove_container(c)) {
+                    eprintln!("openclaw-egress: warning: cannot remove container {c}: {e}");
+                }
             }
         }
         for l in &self.links {
@@ -153,7 +165,7 @@ fn spare_addresses(net: &IpNet, n: usize, taken: &[IpAddr]) -> Vec<IpAddr> {
 
 /// A namespace named `name` plugged into `bridge` with `addr`.
 fn make_netns(
-    cleanup: &mut Cleanup,
+    session: &mut Session,
     name: &str,
     bridge: &str,
     net: &IpNet,
@@ -161,12 +173,12 @@ fn make_netns(
     gw: IpAddr,
 ) -> Result<()> {
     ip_ok(&["netns", "add", name])?;
-    cleanup.netns.push(name.to_owned());
+    session.netns.push(name.to_owned());
     let host_end = format!("ocv{}", &name[name.len().saturating_sub(8)..]);
     ip_ok(&[
         "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", name,
     ])?;
-    cleanup.links.push(host_end.clone());
+    session.links.push(host_end.clone());
     ip_ok(&["link", "set", &host_end, "master", bridge, "up"])?;
     let cidr = format!("{addr}/{}", net.prefix_len());
     ip_ok(&["-n", name, "addr", "add", &cidr, "dev", "eth0"])?;
@@ -191,10 +203,10 @@ struct Sites {
     how: String,
 }
 
-fn container_sites(config: &Config, cleanup: &mut Cleanup, dns: &[IpAddr]) -> Result<Sites> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let d = Docker::connect().await?;
+fn container_sites(config: &Config, session: &mut Session, dns: &[IpAddr]) -> Result<Sites> {
+    let d = session.docker()?;
+    let containers = &mut session.containers;
+    session.rt.block_on(async {
         d.ensure_image(&config.verify.image).await?;
         let base = format!("openclaw-egress-verify-{}", std::process::id());
         let spec = |suffix: &str| ContainerSpec {
@@ -205,13 +217,13 @@ fn container_sites(config: &Config, cleanup: &mut Cleanup, dns: &[IpAddr]) -> Re
             cmd: vec!["sleep".into(), "300".into()],
         };
         let prober = spec("probe");
-        cleanup.containers.push(prober.name.clone());
+        containers.push(prober.name.clone());
         let started = d.start_container(&prober).await?;
         let pid = started
             .pid
             .with_context(|| format!("container {} exited at once", prober.name))?;
         let peer = spec("peer");
-        cleanup.containers.push(peer.name.clone());
+        containers.push(peer.name.clone());
         let peer_ip = d.start_container(&peer).await?.ip;
         let resolv = PathBuf::from(format!("/proc/{pid}/root/etc/resolv.conf"));
         let resolvers = std::fs::read_to_string(&resolv)
@@ -231,7 +243,7 @@ fn container_sites(config: &Config, cleanup: &mut Cleanup, dns: &[IpAddr]) -> Re
 fn netns_sites(
     bridge: &str,
     nets: &[IpNet],
-    cleanup: &mut Cleanup,
+    session: &mut Session,
     dns: &[IpAddr],
 ) -> Result<Sites> {
     let v4 = nets
@@ -246,8 +258,8 @@ fn netns_sites(
     let base = format!("ocv-{}", std::process::id());
     let prober = format!("{base}-a");
     let peer = format!("{base}-b");
-    make_netns(cleanup, &prober, bridge, v4, spare[0], gw)?;
-    make_netns(cleanup, &peer, bridge, v4, spare[1], gw)?;
+    make_netns(session, &prober, bridge, v4, spare[0], gw)?;
+    make_netns(session, &peer, bridge, v4, spare[1], gw)?;
     Ok(Sites {
         site: Site {
             netns: PathBuf::from(format!("/run/netns/{prober}")),
@@ -262,15 +274,21 @@ fn netns_sites(
 }
 
 /// Published ports of containers on other networks (at most a few).
-fn published(bridge: &Bridge, config: &Config) -> Vec<(String, SocketAddr, u16)> {
+fn published(
+    session: &mut Session,
+    bridge: &Bridge,
+    config: &Config,
+) -> Vec<(String, SocketAddr, u16)> {
     if matches!(bridge.source, Source::Fallback(_)) {
         return Vec::new();
     }
-    let Ok(rt) = runtime() else { return Vec::new() };
-    let found = rt.block_on(async {
-        let d = Docker::connect().await.ok()?;
-        d.published_elsewhere(&config.network.docker).await.ok()
-    });
+    let Ok(d) = session.docker() else {
+        return Vec::new();
+    };
+    let found = session
+        .rt
+        .block_on(d.published_elsewhere(&config.network.docker))
+        .ok();
     let mut out = Vec::new();
     for p in found.unwrap_or_default() {
         if p.proto != "tcp" {
@@ -298,19 +316,19 @@ pub fn run(loaded: &Loaded, from: From, json: bool, timeout: Duration) -> Result
     let nets = bridge_addrs(&bridge.iface)?;
     let gateways: Vec<IpAddr> = nets.iter().map(|n| n.addr()).collect();
     let dns = loaded.inputs.dns_allow.clone();
-    let mut cleanup = Cleanup::default();
+    let mut session = Session::new()?;
     let sites = match from {
-        From::Netns => netns_sites(&bridge.iface, &nets, &mut cleanup, &dns)?,
-        From::Container => container_sites(config, &mut cleanup, &dns)?,
-        From::Auto => match container_sites(config, &mut cleanup, &dns) {
+        From::Netns => netns_sites(&bridge.iface, &nets, &mut session, &dns)?,
+        From::Container => container_sites(config, &mut session, &dns)?,
+        From::Auto => match container_sites(config, &mut session, &dns) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("openclaw-egress: note: no probe container ({e:#}); probing from a network namespace instead");
-                netns_sites(&bridge.iface, &nets, &mut cleanup, &dns)?
+                netns_sites(&bridge.iface, &nets, &mut session, &dns)?
             }
         },
     };
-    let published = published(&bridge, config);
+    let published = published(&mut session, &bridge, config);
     let ipv6 = match &bridge.source {
         Source::Docker(n) => n.ipv6,
         _ => nets.iter().any(|n| n.addr().is_ipv6()),
@@ -329,7 +347,7 @@ pub fn run(loaded: &Loaded, from: From, json: bool, timeout: Duration) -> Result
     };
     let probes = verify::plan(&ctx);
     let seen = probe::run(&sites.site, &probes, config, timeout)?;
-    drop(cleanup);
+    drop(session);
     let verdicts: Vec<Verdict> = probes
         .into_iter()
         .zip(seen)

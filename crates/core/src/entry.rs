@@ -70,6 +70,13 @@ impl PortRange {
     }
 }
 
+impl PortRange {
+    /// True when `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+}
+
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.start == self.end {
@@ -92,6 +99,16 @@ pub enum Service {
         /// The port or port range.
         ports: PortRange,
     },
+}
+
+impl Service {
+    /// True when the service lets `proto`/`port` through.
+    pub fn opens(&self, proto: Proto, port: u16) -> bool {
+        match self {
+            Service::AllPorts => true,
+            Service::Ports { proto: p, ports } => *p == proto && ports.contains(port),
+        }
+    }
 }
 
 impl fmt::Display for Service {

@@ -239,20 +239,14 @@ pub fn listed(entries: &[Entry], addr: IpAddr, proto: Proto, port: u16) -> bool 
         let Target::Net(n) = &e.target else {
             return false;
         };
-        n.contains(&addr)
-            && match e.service {
-                Service::AllPorts => true,
-                Service::Ports { proto: p, ports } => {
-                    p == proto && ports.start <= port && port <= ports.end
-                }
-            }
+        n.contains(&addr) && e.service.opens(proto, port)
     })
 }
 
 fn host_port_listed(host_ports: &[HostPort], proto: Proto, port: u16) -> bool {
     host_ports
         .iter()
-        .any(|h| h.proto == proto && h.ports.start <= port && port <= h.ports.end)
+        .any(|h| h.proto == proto && h.ports.contains(port))
 }
 
 fn dest_of(t: &Target) -> Option<Dest> {
@@ -265,15 +259,9 @@ fn dest_of(t: &Target) -> Option<Dest> {
 
 /// Does any entry for the same target open `proto`/`port`?
 fn target_opens(entries: &[Entry], t: &Target, proto: Proto, port: u16) -> bool {
-    entries.iter().any(|e| {
-        e.target == *t
-            && match e.service {
-                Service::AllPorts => true,
-                Service::Ports { proto: p, ports } => {
-                    p == proto && ports.start <= port && port <= ports.end
-                }
-            }
-    })
+    entries
+        .iter()
+        .any(|e| e.target == *t && e.service.opens(proto, port))
 }
 
 /// The probes for `ctx`, in the order they are reported.
@@ -393,13 +381,10 @@ pub fn plan(ctx: &Context<'_>) -> Vec<Probe> {
     }
     // The host itself, through the network's gateway.
     for gw in ctx.gateways {
-        let port = (1..=u16::MAX)
-            .map(|i| {
-                [22u16, 2375, 8080, 1]
-                    .get(usize::from(i) - 1)
-                    .copied()
-                    .unwrap_or(i)
-            })
+        // ssh, Docker's TCP API, a common web port; else any free one.
+        let port = [22u16, 2375, 8080]
+            .into_iter()
+            .chain(1..=u16::MAX)
             .find(|p| !host_port_listed(ctx.host_ports, Proto::Tcp, *p))
             .unwrap_or(1);
         out.push(Probe {

@@ -7,41 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use egress_docker::{Docker, NetworkInfo};
+use egress_docker::Docker;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-/// What the follower reports.
-#[derive(Debug, Clone)]
-pub enum BridgeMsg {
-    /// The network exists with this bridge.
-    Found(NetworkInfo),
-    /// Docker answers, but has no such network (removed, not created yet).
-    Missing,
-    /// Docker cannot be reached (or its event stream broke), with why.
-    Unreachable(String),
-}
+pub use egress_docker::lookup_once;
+/// What the follower reports: Docker's answer about the network.
+pub use egress_docker::Lookup as BridgeMsg;
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// Looks the network up once, with a time limit (for the start, before the
-/// first table load).
-pub async fn lookup_once(name: &str, limit: Duration) -> BridgeMsg {
-    let r = tokio::time::timeout(limit, async {
-        let d = Docker::connect().await?;
-        d.network(name).await
-    })
-    .await;
-    match r {
-        Ok(Ok(Some(info))) => BridgeMsg::Found(info),
-        Ok(Ok(None)) => BridgeMsg::Missing,
-        Ok(Err(e)) => BridgeMsg::Unreachable(e.to_string()),
-        Err(_) => BridgeMsg::Unreachable(format!("no answer within {limit:?}")),
-    }
-}
 
 /// Starts following the network called `name`.
 pub fn spawn_follow(name: String, tx: mpsc::UnboundedSender<BridgeMsg>) -> JoinHandle<()> {
@@ -103,19 +80,19 @@ async fn follow(name: String, tx: mpsc::UnboundedSender<BridgeMsg>) {
 }
 
 /// Looks the network up and sends the result; `Some(error)` when Docker
-/// failed to answer.
+/// failed to answer (the caller reconnects).
 async fn report(
     docker: &Docker,
     name: &str,
     tx: &mpsc::UnboundedSender<BridgeMsg>,
 ) -> Option<String> {
-    let msg = match docker.network(name).await {
-        Ok(Some(info)) => BridgeMsg::Found(info),
-        Ok(None) => BridgeMsg::Missing,
-        Err(e) => return Some(e.to_string()),
-    };
-    let _ = tx.send(msg);
-    None
+    match docker.lookup(name).await {
+        BridgeMsg::Unreachable(why) => Some(why),
+        msg => {
+            let _ = tx.send(msg);
+            None
+        }
+    }
 }
 
 /// Where the last bridge learnt from Docker is kept, so a restart while

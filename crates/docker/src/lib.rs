@@ -207,6 +207,30 @@ pub fn differences(info: &NetworkInfo, spec: &NetworkSpec) -> Vec<String> {
     out
 }
 
+/// What Docker says about a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The network exists with this bridge.
+    Found(NetworkInfo),
+    /// Docker answers, but has no such network (removed, not created yet).
+    Missing,
+    /// Docker cannot be reached, or did not answer, with why.
+    Unreachable(String),
+}
+
+/// Connects and looks the network up, all within `limit` (for a start-up
+/// or a one-shot command that must not hang on Docker).
+pub async fn lookup_once(name: &str, limit: Duration) -> Lookup {
+    let asked = tokio::time::timeout(limit, async {
+        match Docker::connect().await {
+            Ok(d) => d.lookup(name).await,
+            Err(e) => Lookup::Unreachable(e.to_string()),
+        }
+    })
+    .await;
+    asked.unwrap_or_else(|_| Lookup::Unreachable(format!("no answer within {limit:?}")))
+}
+
 /// What happened to the followed network, from Docker's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkEvent {
@@ -295,9 +319,13 @@ impl Docker {
         &self.endpoint
     }
 
-    fn api_err(call: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    /// Maps a client error to [`DockerError::Api`] naming the call.
+    fn api_err(call: impl Into<String>) -> impl FnMut(bollard::errors::Error) -> DockerError {
         let call = call.into();
-        move |source| DockerError::Api { call, source }
+        move |source| DockerError::Api {
+            call: call.clone(),
+            source,
+        }
     }
 
     /// The network called `name`; `None` when there is none.
@@ -318,6 +346,15 @@ impl Docker {
                 status_code: 404, ..
             }) => Ok(None),
             Err(e) => Err(Self::api_err(format!("inspect network {name}"))(e)),
+        }
+    }
+
+    /// What Docker says about the network called `name`, as a [`Lookup`].
+    pub async fn lookup(&self, name: &str) -> Lookup {
+        match self.network(name).await {
+            Ok(Some(info)) => Lookup::Found(info),
+            Ok(None) => Lookup::Missing,
+            Err(e) => Lookup::Unreachable(e.to_string()),
         }
     }
 
@@ -381,18 +418,11 @@ impl Docker {
                 filters: Some(filters),
                 ..Default::default()
             }))
-            .map_err(Self::api_err_owned(call))
+            .map_err(Self::api_err(call))
             .try_filter_map(move |ev| {
                 let out = event_for(&ev, &name);
                 async move { Ok(out) }
             })
-    }
-
-    fn api_err_owned(call: String) -> impl FnMut(bollard::errors::Error) -> DockerError {
-        move |source| DockerError::Api {
-            call: call.clone(),
-            source,
-        }
     }
 
     /// Published ports of running containers that are not on `network`.
