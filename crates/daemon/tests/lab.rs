@@ -845,6 +845,70 @@ fn with_live_restore_enforcement_holds_while_dockerd_is_down() {
 }
 
 #[test]
+fn following_docker_the_rules_hold_while_docker_is_down_and_across_a_restart() {
+    // The daemon follows the Docker network (no [network] interface).
+    // With live-restore the container runs on while dockerd is down, so
+    // the window can be probed.
+    let docker = Docker::private("ddown", &["--live-restore"]);
+    let lab = Lab::new(&docker, "ddown");
+    lab.config(&Cfg {
+        docker: Some(lab.net.name().to_owned()),
+        ..Cfg::default()
+    });
+    let (s0, s1) = (lab.s(0), lab.s(1));
+    lab.allowlist(&format!("{s0}:443\n"));
+    let c = lab.container("ddown");
+    let mut d = lab.start();
+    lab.wait_elements(&[s0], &mut d);
+    let enforced = [(t(s0, 443), Probe::Connected), (t(s1, 443), Probe::Refused)];
+    c.expect(&enforced, BLOCKED_TIMEOUT);
+    let filters_bridge = || {
+        lab.listing()
+            .is_some_and(|l| l.contains(&format!("iifname \"{}\" jump egress", lab.net.bridge())))
+    };
+    assert!(filters_bridge(), "{:?}", lab.listing());
+
+    docker.stop();
+    let t0 = Instant::now();
+    while !d.log().contains("Docker unreachable") {
+        assert!(t0.elapsed() < secs(15), "no warning:\n{}", d.log());
+        std::thread::sleep(POLL);
+    }
+    c.expect(&enforced, BLOCKED_TIMEOUT);
+    // A daemon started while Docker is down filters the remembered bridge
+    // (the name it would guess from the network name is different).
+    assert_ne!(
+        &lab.net.name()[..15.min(lab.net.name().len())],
+        lab.net.bridge()
+    );
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(secs(30)).is_some(), "SIGKILL did not end it");
+    let mut d = lab.start();
+    let t0 = Instant::now();
+    while !d.log().contains("remembered from the last run") {
+        assert!(t0.elapsed() < secs(15), "{}", d.log());
+        std::thread::sleep(POLL);
+    }
+    lab.wait_elements(&[s0], &mut d);
+    assert!(filters_bridge(), "{:?}\n{}", lab.listing(), d.log());
+    c.expect(&enforced, BLOCKED_TIMEOUT);
+
+    docker.start();
+    let t0 = Instant::now();
+    while !d.log().contains("Docker network found") {
+        assert!(
+            t0.elapsed() < secs(30),
+            "Docker came back unnoticed:\n{}",
+            d.log()
+        );
+        std::thread::sleep(POLL);
+    }
+    assert!(filters_bridge(), "{:?}", lab.listing());
+    c.expect(&enforced, BLOCKED_TIMEOUT);
+    assert!(d.is_running(), "{}", d.log());
+}
+
+#[test]
 fn the_lab_never_routes_outside_its_own_addresses() {
     // The lab host has routes to its bridges and upstreams only: a container
     // cannot reach anything else even with no firewall at all.
