@@ -21,8 +21,9 @@ use anyhow::{Context, Result};
 use args::{Cli, Command};
 use clap::Parser;
 use egress_core::diff::{ChangeKind, Diff};
-use egress_core::render::{nft_duration, ruleset_text};
+use egress_core::render::nft_duration;
 use egress_core::ruleset::SetId;
+use egress_firewall::{ApplyMode, BackendKind};
 use serde_json::json;
 
 use load::{Desired, Invalid, Loaded};
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal disposition before any thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    #[cfg(debug_assertions)]
+    if let Some(code) = egress_firewall::sim::fake_program() {
+        return code;
     }
     let cli = Cli::parse();
     match run(cli) {
@@ -94,7 +99,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&ruleset_json(&desired))?);
             } else {
-                print!("{}", ruleset_text(&desired.ruleset));
+                // Rendering is pure: no privileges, nothing read live.
+                print!("{}", firewall()?.render(&desired.ruleset)?);
             }
             Ok(partial_code(&desired))
         }
@@ -103,11 +109,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_warnings(&loaded);
             let desired = load::desired(&loaded)?;
             report_resolution(&desired);
-            let mut nft = egress_nft::Nft::new()?;
-            let (_, reason, diff) = nft.plan(&desired.ruleset)?;
+            let mut fw = firewall()?;
+            let object = fw.kind().object(&desired.ruleset.layout.table);
+            let egress_firewall::Plan { reason, diff, .. } = fw
+                .plan(&desired.ruleset)
+                .with_context(|| format!("reading {object}"))?;
             if json {
                 let v = json!({
                     "table": desired.ruleset.layout.table,
+                    "firewall": fw.kind().name(),
                     "full_reload": reason.is_some(),
                     "reason": reason,
                     "changes": changes_json(&diff),
@@ -117,10 +127,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 if let Some(r) = &reason {
-                    println!(
-                        "table inet {}: full load ({r})",
-                        desired.ruleset.layout.table
-                    );
+                    println!("{object}: full load ({r})");
                 }
                 for (kind, c) in &diff.changes {
                     let sign = match kind {
@@ -146,14 +153,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply => apply(config),
         Command::Flush => {
             let table = load::load_config(config)?.1.firewall.table;
-            let mut nft = egress_nft::Nft::new()?;
-            if nft
+            let mut fw = firewall()?;
+            let object = fw.kind().object(&table);
+            if fw
                 .flush(&table)
-                .with_context(|| format!("removing table inet {table}"))?
+                .with_context(|| format!("removing {object}"))?
             {
-                println!("removed table inet {table}");
+                println!("removed {object}");
             } else {
-                println!("table inet {table} was not present");
+                println!("{object} was not present");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -186,6 +194,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The firewall of this platform (debug builds: or the pf simulation, see
+/// `egress_firewall::sim`).
+fn firewall() -> Result<Box<dyn egress_firewall::Backend>> {
+    #[cfg(debug_assertions)]
+    if let Some((fw, dir)) = egress_firewall::sim::backend() {
+        eprintln!(
+            "warning: SIMULATED pf in {} ({}): nothing on this machine is filtered",
+            dir.display(),
+            egress_firewall::sim::ENV
+        );
+        return Ok(fw);
+    }
+    Ok(egress_firewall::native()?)
+}
+
 /// `apply`: resolve once and make the kernel enforce the policy (also run
 /// by `allow --apply` and `remove --apply`).
 fn apply(config: Option<&Path>) -> Result<ExitCode> {
@@ -193,24 +216,33 @@ fn apply(config: Option<&Path>) -> Result<ExitCode> {
     print_warnings(&loaded);
     let desired = load::desired(&loaded)?;
     report_resolution(&desired);
-    let mut nft = egress_nft::Nft::new()?;
-    let report = nft
+    let mut fw = firewall()?;
+    let object = fw.kind().object(&desired.ruleset.layout.table);
+    let report = fw
         .apply(&desired.ruleset)
-        .with_context(|| format!("applying table inet {}", desired.ruleset.layout.table))?;
+        .with_context(|| format!("applying {object}"))?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     let how = match report.mode {
-        egress_nft::ApplyMode::Full => format!(
+        ApplyMode::Full => format!(
             "full load ({})",
             report.reason.as_deref().unwrap_or("requested")
         ),
-        egress_nft::ApplyMode::Elements => "element diff".to_string(),
-        egress_nft::ApplyMode::Unchanged => "no change".to_string(),
+        ApplyMode::Elements => "element diff".to_string(),
+        ApplyMode::Unchanged => "no change".to_string(),
+    };
+    // The bench parses this line; nft counts netlink messages, pf counts
+    // pfctl commands and table replacements.
+    let (ops, element_ops) = match fw.kind() {
+        BackendKind::Nftables => ("messages", "element messages"),
+        BackendKind::Pf => ("pfctl commands", "table replacements"),
     };
     println!(
-        "table inet {}: {how}; {}; {} messages ({} element messages, {} bytes); resolve {:.1} ms, read {:.1} ms, write {:.1} ms",
-        desired.ruleset.layout.table,
+        "{object}: {how}; {}; {} {ops} ({} {element_ops}, {} bytes); resolve {:.1} ms, read {:.1} ms, write {:.1} ms",
         diff_summary(&report.diff),
-        report.messages,
-        report.element_messages,
+        report.operations,
+        report.element_operations,
         report.bytes,
         desired.resolve_time.as_secs_f64() * 1e3,
         report.read_time.as_secs_f64() * 1e3,

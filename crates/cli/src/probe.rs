@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,12 +34,7 @@ pub fn run(site: &Site, probes: &[Probe], config: &Config, timeout: Duration) ->
     let probes = probes.to_vec();
     std::thread::scope(|s| {
         s.spawn(move || -> Result<Vec<Seen>> {
-            // SAFETY: setns on a valid, open namespace fd; it affects only
-            // this thread, which is used for nothing else.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("cannot enter {}", site.netns.display()));
-            }
+            enter(&ns).with_context(|| format!("cannot enter {}", site.netns.display()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -55,6 +49,28 @@ pub fn run(site: &Site, probes: &[Probe], config: &Config, timeout: Duration) ->
         .join()
         .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
     })
+}
+
+/// Moves the calling thread into the network namespace `ns`.
+#[cfg(target_os = "linux")]
+fn enter(ns: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a valid, open namespace fd; it affects only this
+    // thread, which is used for nothing else.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Network namespaces are Linux's: on a Mac the containers run in a VM (or
+/// on a bridge the host can only route to), so there is nothing to enter.
+#[cfg(not(target_os = "linux"))]
+fn enter(_ns: &File) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "verify runs its probes inside the agent's network namespace, which only Linux has",
+    ))
 }
 
 async fn one(p: &Probe, resolver: &Resolver, timeout: Duration) -> Seen {

@@ -310,6 +310,12 @@ fn published(
 
 /// Runs `verify`.
 pub fn run(loaded: &Loaded, from: From, json: bool, timeout: Duration) -> Result<ExitCode> {
+    if !cfg!(target_os = "linux") {
+        // Before anything is started: the probes need a network namespace.
+        anyhow::bail!(
+            "verify is Linux-only: its probes run inside the agent's network namespace; on macOS see docs/macos.md for checking by hand"
+        );
+    }
     let config = &loaded.inputs.config;
     let bridge = crate::net::find_bridge(config);
     bridge.warn();

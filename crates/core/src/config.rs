@@ -26,7 +26,14 @@ const DEFAULT_ALLOWLIST: &str = "/etc/openclaw-egress/allowlist.conf";
 const DEFAULT_NETWORK: &str = "openclaw-egress";
 const DEFAULT_TABLE: &str = "openclaw_egress";
 const DEFAULT_LOG_PREFIX: &str = "openclaw-egress deny: ";
-const DEFAULT_SOCKET: &str = "/run/openclaw-egress/control.sock";
+/// Where the control socket lives by default: /run on Linux; macOS has no
+/// /run (and its / is read-only), its runtime folder is /var/run.
+#[cfg(not(target_os = "macos"))]
+pub const DEFAULT_SOCKET: &str = "/run/openclaw-egress/control.sock";
+/// Where the control socket lives by default: /run on Linux; macOS has no
+/// /run (and its / is read-only), its runtime folder is /var/run.
+#[cfg(target_os = "macos")]
+pub const DEFAULT_SOCKET: &str = "/var/run/openclaw-egress/control.sock";
 
 /// The port a server given without one listens on.
 const DNS_PORT: u16 = 53;
@@ -985,10 +992,9 @@ mod tests {
         assert!(f.allow_private.is_empty());
         assert_eq!((f.log_rate, f.log_burst), (5, 10));
         assert_eq!(f.log_prefix, "openclaw-egress deny: ");
-        assert_eq!(
-            c.control.socket,
-            PathBuf::from("/run/openclaw-egress/control.sock")
-        );
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
+        #[cfg(target_os = "linux")]
+        assert_eq!(DEFAULT_SOCKET, "/run/openclaw-egress/control.sock");
         assert_eq!(DEFAULT_CONFIG_PATH, "/etc/openclaw-egress/egressd.toml");
     }
 

@@ -1,8 +1,8 @@
 //! The engine: one task owns all state; everything else sends it messages.
 //!
 //! Inputs: DNS results from query tasks, file-system events (debounced
-//! here), nf_tables change notifications (drift), signals, control-socket
-//! requests, and timers. The loop computes its next wake-up from the
+//! here), firewall change notifications (nf_tables monitor; pf has none and
+//! is re-checked on a timer), signals, control-socket requests, and timers. The loop computes its next wake-up from the
 //! scheduler (the earliest TTL expiry, kube-rs' "requeue after"), so an idle
 //! daemon sleeps until a TTL runs out instead of polling.
 
@@ -23,7 +23,7 @@ use egress_core::status::{
     STATUS_FORMAT,
 };
 use egress_core::{HostName, Target};
-use egress_nft::{ApplyMode, Nft};
+use egress_firewall::{ApplyMode, Backend, ChangeWatch};
 use egress_resolve::{Outcome, Resolver, ResolverSettings};
 use futures::{FutureExt, StreamExt};
 use sd_notify::NotifyState;
@@ -118,7 +118,18 @@ pub struct Engine {
     layout: Layout,
     resolver: Resolver,
     sched: Scheduler,
-    nft: Nft,
+    /// nftables on Linux, pf on macOS.
+    fw: Box<dyn Backend>,
+    /// The earliest expiry of an allowed address, when the firewall does
+    /// not expire elements itself (pf): the apply that removes it is due
+    /// then, query or not.
+    expiry_at: Option<Instant>,
+    /// pf cannot report foreign changes: re-check the anchor this often.
+    poll: Option<Duration>,
+    poll_at: Option<Instant>,
+    /// The backend's last warnings, logged when they change (pf says "no
+    /// bridge yet" on every apply).
+    fw_warnings: Vec<String>,
     /// Queries started and not answered yet (the first round is complete,
     /// and a batch of results can go out, when this reaches zero).
     pending: usize,
@@ -240,21 +251,27 @@ impl Engine {
             elements: out.elements,
         };
         let t0 = Instant::now();
-        match self.nft.apply(&rs) {
+        let result = self.fw.apply(&rs);
+        if !self.fw.expires_elements() {
+            self.expiry_at = self.sched.next_expiry(now);
+        }
+        match result {
             Ok(report) => {
+                if report.warnings != self.fw_warnings {
+                    for w in &report.warnings {
+                        warn!(firewall = self.fw.kind().name(), warning = %w, "firewall");
+                    }
+                    self.fw_warnings = report.warnings.clone();
+                }
                 let took = t0.elapsed();
                 let (a, r, f) = (
                     report.diff.count(ChangeKind::Added),
                     report.diff.count(ChangeKind::Removed),
                     report.diff.count(ChangeKind::Refreshed),
                 );
-                let mode = match report.mode {
-                    ApplyMode::Full => "full",
-                    ApplyMode::Elements => "elements",
-                    ApplyMode::Unchanged => "unchanged",
-                };
+                let mode = report.mode.name();
                 if report.mode == ApplyMode::Full {
-                    info!(table = %self.layout.table, reason = report.reason.as_deref().unwrap_or(""), elements = a, "table loaded");
+                    info!(firewall = %self.fw.kind().object(&self.layout.table), reason = report.reason.as_deref().unwrap_or(""), elements = a, "table loaded");
                 } else if report.mode == ApplyMode::Elements {
                     info!(
                         added = a,
@@ -280,7 +297,7 @@ impl Engine {
                 });
             }
             Err(e) => {
-                error!(error = %e, "apply failed; the kernel keeps the previous state; retrying");
+                error!(firewall = %self.fw.kind().object(&self.layout.table), error = %e, "apply failed; the kernel keeps the previous state; retrying");
                 self.last_apply = Some(ApplyStatus {
                     at_unix_ms: unix_ms(SystemTime::now()),
                     duration_us: t0.elapsed().as_micros() as u64,
@@ -356,12 +373,13 @@ impl Engine {
                 self.rewatch();
                 self.apply(now);
                 if old_table != self.layout.table {
-                    match self.nft.flush(&old_table) {
+                    let object = self.fw.kind().object(&old_table);
+                    match self.fw.flush(&old_table) {
                         Ok(_) => {
-                            info!(table = %old_table, "removed the table of the previous config")
+                            info!(firewall = %object, "removed the rules of the previous config")
                         }
                         Err(e) => {
-                            error!(table = %old_table, error = %e, "cannot remove the previous table")
+                            error!(firewall = %object, error = %e, "cannot remove the rules of the previous config")
                         }
                     }
                 }
@@ -439,7 +457,7 @@ impl Engine {
     /// The full status (control socket, SIGUSR1), with the deny counters
     /// read from the kernel now.
     pub fn status(&mut self, now: Instant) -> Status {
-        match self.nft.denied_counters(&self.layout) {
+        match self.fw.denied_counters(&self.layout) {
             Ok((packets, bytes)) => self.denied = Counters { packets, bytes },
             Err(e) => debug!(error = %e, "cannot read the deny counters"),
         }
@@ -545,10 +563,16 @@ impl Engine {
         // Before readiness the first apply waits for the first round of
         // answers, so a pending apply must not wake the loop (it would spin).
         let apply_at = if self.ready { self.apply_at } else { None };
-        let mut next = [apply_at, self.reload_at, watchdog_at]
-            .into_iter()
-            .flatten()
-            .min();
+        let mut next = [
+            apply_at,
+            self.reload_at,
+            watchdog_at,
+            self.expiry_at,
+            self.poll_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // launch_due marks what it starts, so this is never in the past.
         let sched = self.sched.next_wakeup();
         if let Some(s) = sched {
@@ -583,10 +607,21 @@ async fn initial_bridge(loaded: &Inputs) -> String {
     bridge
 }
 
+/// The firewall of this platform (debug builds: or the pf simulation, see
+/// `egress_firewall::sim`).
+fn firewall() -> Result<Box<dyn Backend>, egress_firewall::Error> {
+    #[cfg(debug_assertions)]
+    if let Some((fw, dir)) = egress_firewall::sim::backend() {
+        warn!(dir = %dir.display(), "SIMULATED pf ({}): nothing on this machine is filtered", egress_firewall::sim::ENV);
+        return Ok(fw);
+    }
+    egress_firewall::native()
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. `loaded` was validated by main.
 pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     let now = Instant::now();
-    let mut nft = Nft::new()?;
+    let mut fw = firewall()?;
     let bridge = initial_bridge(&loaded).await;
     let layout = policy::layout(&loaded.config, vec![bridge.clone()]);
 
@@ -594,23 +629,33 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     // is already live (a restart, whose resolved elements are still valid
     // until their kernel timeouts), the table is loaded with its final rules
     // before the first DNS query; hostnames have no addresses until answered.
-    let live = nft.read(&layout)?;
+    let live = fw.read(&layout)?;
     let mut sched = Scheduler::new(ScheduleConfig::from_resolver(&loaded.config.resolver));
     let resolver = Resolver::new(settings(&loaded))?;
     let (dns_tx, mut dns_rx) = mpsc::unbounded_channel();
     let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
-    let (nft_tx, mut nft_rx) = mpsc::unbounded_channel();
+    let (fw_tx, mut fw_rx) = mpsc::unbounded_channel();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(64);
     let (bridge_tx, mut bridge_rx) = mpsc::unbounded_channel();
     sched.set_hosts(loaded.hosts.iter().cloned(), now);
-    egress_nft::spawn_monitor(nft.portid(), move || nft_tx.send(()).is_ok())?;
+    let poll = match fw.watch(Box::new(move || fw_tx.send(()).is_ok()))? {
+        ChangeWatch::Notified => None,
+        ChangeWatch::Poll(every) => {
+            info!(firewall = fw.kind().name(), every = ?every, "the firewall reports no changes; re-checking it on a timer");
+            Some(every)
+        }
+    };
 
     let mut eng = Engine {
         opts,
         layout,
         resolver,
         sched,
-        nft,
+        fw,
+        expiry_at: None,
+        poll,
+        poll_at: poll.map(|d| now + d),
+        fw_warnings: Vec::new(),
         pending: 0,
         dns_tx,
         fs_tx,
@@ -634,7 +679,7 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     eng.refollow();
     match &live {
         Some(l) if l.layout_matches => {
-            info!(table = %eng.layout.table, "table already live with this layout; keeping its elements until the first answers")
+            info!(firewall = %eng.fw.kind().object(&eng.layout.table), "already live with this layout; keeping its elements until the first answers")
         }
         _ => eng.apply(now),
     }
@@ -679,8 +724,8 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
         tokio::select! {
             Some(d) = dns_rx.recv() => eng.on_dns(d, Instant::now()),
             Some(()) = fs_rx.recv() => eng.reload_at = Some(Instant::now() + RELOAD_DEBOUNCE),
-            Some(()) = nft_rx.recv() => {
-                debug!("nf_tables changed by someone else; checking the table");
+            Some(()) = fw_rx.recv() => {
+                debug!("the firewall was changed by someone else; checking ours");
                 eng.mark_dirty(Instant::now(), DRIFT_DEBOUNCE);
             }
             Some(call) = ctl_rx.recv() => match call.request {
@@ -707,14 +752,15 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
         if stop {
             notify(&[NotifyState::Stopping]);
             if eng.opts.flush_on_exit {
-                match eng.nft.flush(&eng.layout.table) {
-                    Ok(_) => {
-                        info!(table = %eng.layout.table, "stopping; table removed (--flush-on-exit)")
+                let object = eng.fw.kind().object(&eng.layout.table);
+                match eng.fw.flush(&eng.layout.table) {
+                    Ok(_) => info!(firewall = %object, "stopping; rules removed (--flush-on-exit)"),
+                    Err(e) => {
+                        error!(firewall = %object, error = %e, "stopping; cannot remove the rules")
                     }
-                    Err(e) => error!(error = %e, "stopping; cannot remove the table"),
                 }
             } else {
-                info!(table = %eng.layout.table, "stopping; rules stay in place");
+                info!(firewall = %eng.fw.kind().object(&eng.layout.table), "stopping; rules stay in place");
             }
             return Ok(());
         }
@@ -731,6 +777,18 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
             eng.reload(false, now);
         }
         eng.launch_due(now);
+        if eng.expiry_at.is_some_and(|t| t <= now) {
+            // pf: an address ran out; the apply drops it from the tables.
+            eng.expiry_at = None;
+            eng.mark_dirty(now, Duration::ZERO);
+        }
+        if let (Some(at), Some(every)) = (eng.poll_at, eng.poll) {
+            if at <= now {
+                // pf: each apply reads the anchor back and repairs drift.
+                eng.poll_at = Some(now + every);
+                eng.mark_dirty(now, Duration::ZERO);
+            }
+        }
         if eng.ready
             && eng
                 .apply_at

@@ -13,7 +13,8 @@ mod docker;
 mod engine;
 mod watch;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
 
 use args::Cli;
@@ -31,15 +32,16 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.split_once(':') else {
         return false;
     };
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes a stat struct into the buffer for a valid fd.
-    let rc = unsafe { libc::fstat(std::io::stderr().as_raw_fd(), st.as_mut_ptr()) };
-    if rc != 0 {
+    // fstat of a duplicate of stderr; MetadataExt gives u64 on every Unix.
+    let Ok(meta) = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+    else {
         return false;
-    }
-    // SAFETY: fstat succeeded, so the struct is initialised.
-    let st = unsafe { st.assume_init() };
-    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+    };
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
 }
 
 fn init_logging(level: &str) {
@@ -74,6 +76,10 @@ fn init_logging(level: &str) {
 }
 
 fn main() -> ExitCode {
+    #[cfg(debug_assertions)]
+    if let Some(code) = egress_firewall::sim::fake_program() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     let (loaded, warnings) = match engine::load(&cli.config) {

@@ -1618,3 +1618,195 @@ fn sigusr1_logs_a_state_dump() {
     assert!(d.is_running());
     fx.status();
 }
+
+// ------------------------------------------------- the pf backend, simulated
+//
+// The macOS path on Linux: the daemon (a debug build) drives the pf backend
+// with `pfctl` and `ifconfig` being itself acting as `FakePf`, whose state
+// is a JSON file the test reads and edits (see crates/daemon/src/pf_sim.rs).
+// What this proves is the daemon's side of pf: what it asks of pfctl and
+// when. Whether a real pfctl accepts it is for a Mac (docs/macos.md).
+
+use egress_firewall::pf::testing::{FakePf, APPLE_PF_CONF};
+
+const PF_SIM_ENV: &str = "OPENCLAW_EGRESS_PF_SIM";
+const PF_SIM_POLL_ENV: &str = "OPENCLAW_EGRESS_PF_SIM_POLL_MS";
+
+/// A simulated Mac: the fake's programs, pf.conf and state.
+struct PfSim {
+    dir: PathBuf,
+    anchor: String,
+}
+
+impl PfSim {
+    /// Sets up `fx` for pf: a Mac whose bridge is `bridge100`, with
+    /// Apple's pf.conf, pf disabled.
+    fn new(fx: &mut Fixture) -> PfSim {
+        fx.iface = "bridge100".into();
+        let dir = fx.dir.join("pf");
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        for prog in ["pfctl", "ifconfig"] {
+            std::os::unix::fs::symlink(DAEMON, dir.join(prog)).unwrap();
+        }
+        std::fs::write(dir.join("pf.conf"), APPLE_PF_CONF).unwrap();
+        let sim = PfSim {
+            anchor: egress_core::config::pf_anchor_name(&fx.table),
+            dir,
+        };
+        sim.edit(|f| *f = FakePf::new(&["lo0", "en0", "bridge100"]));
+        sim
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("pf-state.json")
+    }
+
+    /// Changes the fake's state as someone else on the Mac would.
+    fn edit(&self, f: impl FnOnce(&mut FakePf)) {
+        FakePf::with_state(&self.state_file(), f).expect("the fake pf's state");
+    }
+
+    fn state(&self) -> FakePf {
+        FakePf::with_state(&self.state_file(), |f| f.clone()).expect("the fake pf's state")
+    }
+
+    /// Every address in the anchor's tables.
+    fn addrs(&self) -> BTreeSet<String> {
+        self.state()
+            .anchors
+            .get(&self.anchor)
+            .map(|a| a.tables.values().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn start(&self, fx: &Fixture, poll_ms: u64, args: &[&str]) -> Daemon {
+        let dir = self.dir.display().to_string();
+        let poll = poll_ms.to_string();
+        fx.start_with(args, &[(PF_SIM_ENV, &dir), (PF_SIM_POLL_ENV, &poll)])
+    }
+
+    #[track_caller]
+    fn wait_addrs(&self, want: &BTreeSet<String>, limit: Duration, d: &Daemon) {
+        wait_until(
+            &format!("the pf anchor's tables to hold exactly {want:?}"),
+            limit,
+            || &self.addrs() == want,
+            || format!("now: {:#?}\ndaemon log:\n{}", self.state(), d.log()),
+        );
+    }
+}
+
+#[test]
+fn pf_an_address_leaves_the_tables_when_it_expires_without_any_query_or_poll() {
+    let mut fx = Fixture::new("pf-expiry");
+    let sim = PfSim::new(&mut fx);
+    let dns = fx.dnsmasq(1, &[("px.test", "198.18.21.1")]);
+    fx.config(&Cfg {
+        grace: "2s",
+        timeout: "500ms",
+        resolver: "serve_stale = \"0s\"\n".into(),
+    });
+    fx.allowlist("px.test:443\n198.18.21.9:8443\n");
+    // Polling once a minute: within this test only the expiry wakes an apply.
+    let mut d = sim.start(&fx, 60_000, &[]);
+    sim.wait_addrs(&set(&["198.18.21.1", "198.18.21.9"]), secs(10), &d);
+
+    // The first apply: pf.conf references the anchor, pf is enabled with a
+    // token of ours, the rules are loaded with their labels.
+    let st = sim.state();
+    assert!(st.enabled, "{st:#?}");
+    assert_eq!(st.tokens.len(), 1, "{st:#?}");
+    assert!(st.main_anchors.contains(&sim.anchor), "{st:#?}");
+    let rules = &st.anchors[&sim.anchor].rules;
+    assert!(
+        rules.iter().any(|r| r.contains("on bridge100")),
+        "{rules:#?}"
+    );
+    let conf = std::fs::read_to_string(sim.dir.join("pf.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("anchor \"{}\"", sim.anchor)),
+        "{conf}"
+    );
+    let s = fx.wait_status(&mut d);
+    assert_eq!(s.table, fx.table);
+
+    // Rotation: the new address comes in, the old one leaves.
+    dns.set_records(&[("px.test", "198.18.21.2".parse().unwrap())]);
+    sim.wait_addrs(&set(&["198.18.21.2", "198.18.21.9"]), secs(10), &d);
+
+    // DNS stops answering: no answer, nothing refreshed, no poll for a
+    // minute. pf tables have no timeouts, so only the daemon's apply at the
+    // address's expiry (last answer + 1 s TTL + 2 s grace) removes it.
+    // SAFETY: plain syscall on dnsmasq's pid (alive: Dnsmasq owns its guard).
+    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGSTOP) }, 0);
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(
+        sim.addrs().contains("198.18.21.2"),
+        "gone before its expiry:\n{}",
+        d.log()
+    );
+    sim.wait_addrs(&set(&["198.18.21.9"]), secs(8), &d);
+    let took = down.elapsed();
+    assert!(took < secs(8), "{took:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGCONT) }, 0);
+    assert!(d.is_running());
+}
+
+#[test]
+fn pf_changes_made_by_others_are_repaired_by_the_poll_and_flush_on_exit_releases_pf() {
+    let mut fx = Fixture::new("pf-drift");
+    let sim = PfSim::new(&mut fx);
+    fx.config(&Cfg::default());
+    // Addresses only: no DNS answers, so no apply but the poll's.
+    fx.allowlist("198.18.22.1:443\n198.18.22.9\n");
+    let mut d = sim.start(&fx, 300, &["--flush-on-exit"]);
+    let want = set(&["198.18.22.1", "198.18.22.9"]);
+    sim.wait_addrs(&want, secs(10), &d);
+    fx.wait_status(&mut d);
+    let anchor = sim.anchor.clone();
+
+    // The anchor flushed by hand (`pfctl -a A -F all`).
+    sim.edit(|f| {
+        f.anchors.remove(&anchor);
+    });
+    sim.wait_addrs(&want, secs(5), &d);
+    assert!(!sim.state().anchors[&anchor].rules.is_empty());
+
+    // A table edited by hand: one address removed, a foreign one added.
+    sim.edit(|f| {
+        for t in f.anchors.get_mut(&anchor).unwrap().tables.values_mut() {
+            if t.remove("198.18.22.9") {
+                t.insert("198.18.22.99".into());
+            }
+        }
+    });
+    sim.wait_addrs(&want, secs(5), &d);
+
+    // pf switched off by someone else (`pfctl -d` drops every reference).
+    sim.edit(|f| {
+        f.enabled = false;
+        f.tokens.clear();
+    });
+    wait_until(
+        "pf enabled again with a token of ours",
+        secs(5),
+        || {
+            let s = sim.state();
+            s.enabled && s.tokens.len() == 1
+        },
+        || format!("{:#?}\n{}", sim.state(), d.log()),
+    );
+
+    // SIGTERM with --flush-on-exit: the anchor is emptied and exactly our
+    // reference released, so pf goes off again (nobody else holds one).
+    d.signal(libc::SIGTERM);
+    let st = d
+        .wait_exit(secs(10))
+        .unwrap_or_else(|| panic!("no exit on SIGTERM:\n{}", d.log()));
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let s = sim.state();
+    assert!(!s.anchors.contains_key(&anchor), "{s:#?}");
+    assert!(s.tokens.is_empty() && !s.enabled, "{s:#?}");
+}

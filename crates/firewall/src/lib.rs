@@ -28,6 +28,7 @@ pub use egress_nft as nft;
 #[cfg(target_os = "linux")]
 mod nft_impl;
 mod pf_impl;
+pub mod sim;
 
 /// Which kind of firewall a backend drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +152,11 @@ pub trait Backend {
     /// Which firewall this is.
     fn kind(&self) -> BackendKind;
 
+    /// The rules `ruleset` becomes, as this firewall's own text: an
+    /// `nft -f` script, or the pf anchor file with its tables (what `show`
+    /// prints). Pure: reads nothing live.
+    fn render(&self, ruleset: &Ruleset) -> Result<String, Error>;
+
     /// Reads what is live for `layout`; `None` when its table or anchor
     /// does not exist.
     fn read(&mut self, layout: &Layout) -> Result<Option<LiveState>, Error>;
@@ -263,5 +269,18 @@ mod tests {
         let b = native().unwrap();
         assert_eq!(b.kind(), BackendKind::Nftables);
         assert!(b.expires_elements());
+        let rs = Ruleset {
+            layout: Layout {
+                table: "openclaw_egress".into(),
+                interfaces: vec!["br-x".into()],
+                action: egress_core::config::Action::Reject,
+                log: None,
+                intra: egress_core::config::Intra::Deny,
+                host_ports: Vec::new(),
+            },
+            elements: Default::default(),
+        };
+        let text = b.render(&rs).unwrap();
+        assert!(text.contains("table inet openclaw_egress"), "{text}");
     }
 }

@@ -40,6 +40,10 @@ impl Backend for Nft {
         BackendKind::Nftables
     }
 
+    fn render(&self, ruleset: &Ruleset) -> Result<String, Error> {
+        Ok(egress_core::render::ruleset_text(ruleset))
+    }
+
     fn read(&mut self, layout: &Layout) -> Result<Option<LiveState>, Error> {
         Ok(Nft::read(self, layout)?.map(live))
     }

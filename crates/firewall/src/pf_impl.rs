@@ -1,16 +1,9 @@
 //! The pf backend behind the facade.
 
-use std::time::Duration;
-
 use egress_core::ruleset::{Layout, Ruleset};
 use egress_pf::{CommandRunner, Pf, PfApplyMode, PfApplyReport, PfLive};
 
 use crate::{ApplyMode, ApplyReport, Backend, BackendKind, ChangeWatch, Error, LiveState, Plan};
-
-/// pf tells nobody about changes; re-reading this often bounds how long a
-/// hand-made change (an anchor flushed, pf.conf reloaded without the anchor,
-/// `pfctl -d`) stays unrepaired.
-pub const PF_POLL: Duration = Duration::from_secs(30);
 
 fn live(l: PfLive) -> LiveState {
     LiveState {
@@ -55,6 +48,13 @@ impl<R: CommandRunner> Backend for Pf<R> {
         BackendKind::Pf
     }
 
+    fn render(&self, ruleset: &Ruleset) -> Result<String, Error> {
+        let name = egress_core::config::pf_anchor_name(&ruleset.layout.table);
+        let tables = egress_pf::render::desired_tables(&ruleset.elements);
+        let anchor = egress_pf::render::Anchor::for_tables(&name, &ruleset.layout, &tables)?;
+        Ok(anchor.rules_file(&tables))
+    }
+
     fn read(&mut self, layout: &Layout) -> Result<Option<LiveState>, Error> {
         Ok(Pf::read(self, layout)?.map(live))
     }
@@ -89,6 +89,8 @@ impl<R: CommandRunner> Backend for Pf<R> {
     }
 
     fn watch(&mut self, _changed: Box<dyn FnMut() -> bool + Send>) -> Result<ChangeWatch, Error> {
-        Ok(ChangeWatch::Poll(PF_POLL))
+        // pf tells nobody about changes: the caller re-applies on a timer,
+        // and every apply reads the anchor back.
+        Ok(ChangeWatch::Poll(self.poll()))
     }
 }

@@ -77,6 +77,11 @@ fn the_pf_backend_behind_the_facade() {
     );
 
     let rs = ruleset(&["198.18.1.10"], 443);
+    // `show` on a Mac: the anchor file with its tables, from nothing live.
+    let text = b.render(&rs).unwrap();
+    assert!(text.contains("pf anchor \"openclaw-egress\""), "{text}");
+    assert!(text.contains("198.18.1.10"), "{text}");
+    assert!(text.contains("198.18.1.53"), "{text}");
     assert!(b.read(&rs.layout).unwrap().is_none());
     let plan = b.plan(&rs).unwrap();
     assert!(plan.reason.is_some() && plan.live.is_none());

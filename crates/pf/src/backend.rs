@@ -157,7 +157,13 @@ pub struct PfApplyReport {
 pub struct Pf<R: CommandRunner> {
     runner: R,
     opts: PfOptions,
+    poll: Duration,
 }
+
+/// How often a caller should re-apply by default: pf tells nobody about
+/// changes, so this bounds how long a hand-made change (an anchor flushed,
+/// pf.conf reloaded without the anchor, `pfctl -d`) stays unrepaired.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -166,7 +172,23 @@ fn args(a: &[&str]) -> Vec<String> {
 impl<R: CommandRunner> Pf<R> {
     /// A backend running its commands through `runner`.
     pub fn new(runner: R, opts: PfOptions) -> Pf<R> {
-        Pf { runner, opts }
+        Pf {
+            runner,
+            opts,
+            poll: DEFAULT_POLL,
+        }
+    }
+
+    /// The same backend, asking callers to re-check every `every` instead
+    /// of [`DEFAULT_POLL`].
+    pub fn with_poll(mut self, every: Duration) -> Pf<R> {
+        self.poll = every;
+        self
+    }
+
+    /// How often a caller should re-apply to repair foreign changes.
+    pub fn poll(&self) -> Duration {
+        self.poll
     }
 
     /// The runner (tests inspect the fake's calls).

@@ -24,7 +24,7 @@ pub mod render;
 pub mod runner;
 pub mod testing;
 
-pub use backend::{Pf, PfApplyMode, PfApplyReport, PfLive, PfOptions, PfPlan};
+pub use backend::{Pf, PfApplyMode, PfApplyReport, PfLive, PfOptions, PfPlan, DEFAULT_POLL};
 pub use error::PfError;
 pub use host::{HostCheck, HostProbe, VmRuntime};
 pub use pfconf::PfConfChange;

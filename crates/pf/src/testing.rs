@@ -20,7 +20,7 @@ use crate::runner::{command_line, CommandOutput, CommandRunner};
 pub const APPLE_PF_CONF: &str = "#\n# Default PF configuration file.\n#\nscrub-anchor \"com.apple/*\"\nnat-anchor \"com.apple/*\"\nrdr-anchor \"com.apple/*\"\ndummynet-anchor \"com.apple/*\"\nanchor \"com.apple/*\"\nload anchor \"com.apple\" from \"/etc/pf.anchors/com.apple\"\n";
 
 /// One recorded command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Call {
     /// The program as given.
     pub program: String,
@@ -38,7 +38,7 @@ impl Call {
 }
 
 /// One anchor's state in the fake.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FakeAnchor {
     /// Rule lines as loaded.
     pub rules: Vec<String>,
@@ -48,8 +48,10 @@ pub struct FakeAnchor {
     pub counters: BTreeMap<usize, (u64, u64)>,
 }
 
-/// A fake pf: records every call and keeps pf's state in memory.
-#[derive(Debug, Clone, Default)]
+/// A fake pf: records every call and keeps pf's state in memory (or, with
+/// [`FakePf::with_state`], in a file, so that it can stand in for the
+/// pfctl and ifconfig programs of another process).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FakePf {
     /// Every call, in order.
     pub calls: Vec<Call>,
@@ -65,6 +67,7 @@ pub struct FakePf {
     pub main_anchors: Vec<String>,
     /// Anchors with rules or tables.
     pub anchors: BTreeMap<String, FakeAnchor>,
+    #[serde(skip)]
     failures: Vec<(Vec<String>, CommandOutput)>,
 }
 
@@ -136,6 +139,48 @@ impl FakePf {
     /// Forgets the recorded calls (not the state).
     pub fn clear_calls(&mut self) {
         self.calls.clear();
+    }
+
+    /// Loads the fake kept in the JSON file `state` (a fresh one without
+    /// interfaces when there is none), lets `edit` use or change it, and
+    /// writes it back atomically. A lock folder beside the file serialises
+    /// processes, so a test changing the state (drift) and a daemon running
+    /// "pfctl" never lose each other's updates.
+    pub fn with_state<T>(state: &Path, edit: impl FnOnce(&mut FakePf) -> T) -> io::Result<T> {
+        let lock = state.with_extension("lock");
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match std::fs::create_dir(&lock) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if std::time::Instant::now() > give_up {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("{} held for 10 s", lock.display()),
+                        ));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let result = (|| {
+            let mut fake = match std::fs::read(state) {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => FakePf::new(&[]),
+                Err(e) => return Err(e),
+            };
+            let out = edit(&mut fake);
+            let tmp = state.with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&fake).map_err(io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, state)?;
+            Ok(out)
+        })();
+        let _ = std::fs::remove_dir(&lock);
+        result
     }
 
     /// A table's entries, sorted as strings.
