@@ -236,7 +236,12 @@ pub fn render(s: &Status, now_unix_ms: u64) -> String {
     } else {
         s.interfaces.join(", ")
     };
-    let _ = writeln!(o, "  table:       inet {} on {interfaces}", s.table);
+    let firewall = if s.firewall.is_empty() {
+        format!("table inet {}", s.table)
+    } else {
+        s.firewall.clone()
+    };
+    let _ = writeln!(o, "  firewall:    {firewall} on {interfaces}");
     match &s.last_apply {
         None => {
             let _ = writeln!(o, "  last apply:  never");
@@ -330,6 +335,7 @@ mod tests {
             config: "/etc/openclaw-egress/egressd.toml".into(),
             allowlist: "/etc/openclaw-egress/allowlist.conf".into(),
             table: "openclaw_egress".into(),
+            firewall: String::new(),
             interfaces: vec!["br-1234".into()],
             config_error: None,
             last_apply: Some(ApplyStatus {
@@ -390,7 +396,7 @@ mod tests {
 openclaw-egressd 0.1.0, pid 4242, up 2h5m
   config:      /etc/openclaw-egress/egressd.toml
   allowlist:   /etc/openclaw-egress/allowlist.conf
-  table:       inet openclaw_egress on br-1234
+  firewall:    table inet openclaw_egress on br-1234
   last apply:  12s ago, elements, took 1.2 ms, +3 -1 ~5
   summary:     2 entries, 3 addresses, next refresh 42s, 1 errors
   denied:      12 packets, 3456 bytes
@@ -435,7 +441,7 @@ LINE  ENTRY
         s.entries[0].next_refresh_ms = None;
         s.entries[0].last_error = None;
         let got = render(&s, NOW);
-        let want = "  table:       inet openclaw_egress on no interface
+        let want = "  firewall:    table inet openclaw_egress on no interface
   last apply:  0s ago, full (table missing), took 250.0 ms, +0 -0 ~0
   apply error: EPERM (the kernel kept the previous state)
   summary:     2 entries, 3 addresses, next refresh 42s, 0 errors; CONFIG ERROR (old policy kept): /etc/openclaw-egress/allowlist.conf:7:1: bad port

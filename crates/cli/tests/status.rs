@@ -63,6 +63,7 @@ fn status() -> Status {
         config: "/etc/openclaw-egress/egressd.toml".into(),
         allowlist: "/etc/openclaw-egress/allowlist.conf".into(),
         table: "openclaw_egress".into(),
+        firewall: "table inet openclaw_egress".into(),
         interfaces: vec!["br-1234".into()],
         config_error: None,
         last_apply: Some(ApplyStatus {

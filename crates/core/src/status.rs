@@ -33,8 +33,12 @@ pub struct Status {
     pub config: String,
     /// The allowlist file.
     pub allowlist: String,
-    /// nft table (family inet).
+    /// nft table (family inet); on pf, the anchor is named after it.
     pub table: String,
+    /// What holds the rules, as the firewall names it: `table inet X` or
+    /// `pf anchor X` (empty from daemons older than this field).
+    #[serde(default)]
+    pub firewall: String,
     /// Interfaces being filtered.
     pub interfaces: Vec<String>,
     /// The last reload's errors, if the files on disk are invalid. The
@@ -188,6 +192,7 @@ mod tests {
             config: "c".into(),
             allowlist: "a".into(),
             table: "t".into(),
+            firewall: "table inet t".into(),
             interfaces: vec![],
             config_error: None,
             last_apply: None,

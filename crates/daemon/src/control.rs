@@ -405,6 +405,7 @@ mod tests {
             config: "/etc/openclaw-egress/egressd.toml".into(),
             allowlist: "/etc/openclaw-egress/allowlist.conf".into(),
             table: "openclaw_egress".into(),
+            firewall: "table inet openclaw_egress".into(),
             interfaces: vec!["br-test".into()],
             config_error: None,
             last_apply: None,

@@ -526,6 +526,7 @@ impl Engine {
             config: self.opts.config_path.display().to_string(),
             allowlist: self.loaded.config.allowlist.display().to_string(),
             table: self.layout.table.clone(),
+            firewall: self.fw.kind().object(&self.layout.table),
             interfaces: self.layout.interfaces.clone(),
             config_error: self.config_error.clone(),
             last_apply: self.last_apply.clone(),

@@ -823,6 +823,7 @@ fn the_table_is_closed_before_the_first_answer_and_ready_follows_the_first_apply
     assert!(listing.contains("reject"), "{listing}");
     assert_eq!(parse_elements(&listing), set(&["198.18.1.9"]), "{listing}");
     let s = fx.wait_status(&mut d);
+    assert_eq!(s.firewall, format!("table inet {}", fx.table));
     assert!(
         entry(&s, "slow.test:443").addresses.is_empty(),
         "addresses before any answer: {s:#?}"
@@ -1729,6 +1730,7 @@ fn pf_an_address_leaves_the_tables_when_it_expires_without_any_query_or_poll() {
     );
     let s = fx.wait_status(&mut d);
     assert_eq!(s.table, fx.table);
+    assert_eq!(s.firewall, format!("pf anchor {}", sim.anchor));
 
     // Rotation: the new address comes in, the old one leaves.
     dns.set_records(&[("px.test", "198.18.21.2".parse().unwrap())]);
