@@ -110,18 +110,20 @@ pub fn desired_elements(
                 }
                 Some(list) => {
                     for a in list {
-                        let addr = canonical(a.addr);
-                        if let Some(reason) = special_range(addr) {
-                            if !allowed_private(addr, allow_private) {
-                                if seen_refused.insert((host.clone(), addr)) {
-                                    out.refused.push(Refusal {
-                                        host: host.clone(),
-                                        addr,
-                                        reason,
-                                    });
-                                }
-                                continue;
+                        // An IPv4-mapped answer (`::ffff:a.b.c.d`) is the IPv4
+                        // address for filtering: the kernel sees IPv4 packets.
+                        let addr = a.addr.to_canonical();
+                        let refused =
+                            special_range(addr).filter(|_| !allowed_private(addr, allow_private));
+                        if let Some(reason) = refused {
+                            if seen_refused.insert((host.clone(), addr)) {
+                                out.refused.push(Refusal {
+                                    host: host.clone(),
+                                    addr,
+                                    reason,
+                                });
                             }
+                            continue;
                         }
                         spans.push((
                             addr,
@@ -139,33 +141,21 @@ pub fn desired_elements(
                 lifetime,
                 names: BTreeSet::from([name]),
             };
-            let (lo, hi) = (addr_value(&start), addr_value(&end));
-            match entry.service {
-                Service::AllPorts => {
-                    rects
-                        .entry((SetId::any(family), None))
-                        .or_default()
-                        .push(Rect {
-                            lo,
-                            hi,
-                            plo: 0,
-                            phi: 0,
-                            label,
-                        });
-                }
-                Service::Ports { proto, ports } => {
-                    rects
-                        .entry((SetId::svc(family), Some(proto)))
-                        .or_default()
-                        .push(Rect {
-                            lo,
-                            hi,
-                            plo: u32::from(ports.start),
-                            phi: u32::from(ports.end),
-                            label,
-                        });
-                }
-            }
+            let (set, plo, phi) = match entry.service {
+                Service::AllPorts => ((SetId::any(family), None), 0, 0),
+                Service::Ports { proto, ports } => (
+                    (SetId::svc(family), Some(proto)),
+                    u32::from(ports.start),
+                    u32::from(ports.end),
+                ),
+            };
+            rects.entry(set).or_default().push(Rect {
+                lo: addr_value(&start),
+                hi: addr_value(&end),
+                plo,
+                phi,
+                label,
+            });
         }
     }
 
@@ -192,7 +182,7 @@ pub fn desired_elements(
     }
 
     for server in dns_servers {
-        let server = canonical(*server);
+        let server = server.to_canonical();
         out.elements.insert(
             SetId::dns(Family::of(&server)),
             ElementKey::Addr(server),
@@ -203,18 +193,6 @@ pub fn desired_elements(
         );
     }
     out
-}
-
-/// An IPv4-mapped IPv6 answer (`::ffff:a.b.c.d`) is the IPv4 address for
-/// filtering purposes: the kernel sees IPv4 packets for it.
-fn canonical(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => addr,
-        },
-        v4 => v4,
-    }
 }
 
 fn allowed_private(addr: IpAddr, allow: &[IpNet]) -> bool {
@@ -274,28 +252,33 @@ fn special_v4(v4: Ipv4Addr) -> Option<&'static str> {
     })
 }
 
+/// Refusal reason of an address in the Teredo prefix (2001::/32).
+const TEREDO_SPECIAL: &str = "Teredo form of a special IPv4 range";
+
 /// IPv4 addresses embedded in IPv6 forms that carry traffic to them
-/// (mapped, compatible, NAT64, 6to4, Teredo), with the form's name.
+/// (mapped, compatible, NAT64, 6to4, Teredo), with the refusal reason for
+/// when that IPv4 address is special.
 fn embedded_v4(v6: Ipv6Addr) -> Option<(Ipv4Addr, &'static str)> {
     let s = v6.segments();
     let o = v6.octets();
     let low32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     if let Some(v4) = v6.to_ipv4_mapped() {
-        return Some((v4, "IPv4-mapped"));
+        return Some((v4, "IPv4-mapped form of a special IPv4 range"));
     }
     if s[..6] == [0, 0, 0, 0, 0, 0] && u128::from(v6) > 1 {
-        return Some((low32, "IPv4-compatible"));
+        return Some((low32, "IPv4-compatible form of a special IPv4 range"));
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return Some((low32, "NAT64 (64:ff9b::/96)"));
+        return Some((low32, "NAT64 form of a special IPv4 range"));
     }
     if s[0] == 0x2002 {
-        return Some((Ipv4Addr::new(o[2], o[3], o[4], o[5]), "6to4 (2002::/16)"));
+        let v4 = Ipv4Addr::new(o[2], o[3], o[4], o[5]);
+        return Some((v4, "6to4 form of a special IPv4 range"));
     }
     if s[0] == 0x2001 && s[1] == 0 {
         // Teredo obfuscates the client address by inverting its bits.
         let client = Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]);
-        return Some((client, "Teredo (2001::/32)"));
+        return Some((client, TEREDO_SPECIAL));
     }
     None
 }
@@ -308,21 +291,15 @@ fn special_v6(v6: Ipv6Addr) -> Option<&'static str> {
     if v == 1 {
         return Some("loopback (::1)");
     }
-    if let Some((v4, form)) = embedded_v4(v6) {
+    if let Some((v4, reason)) = embedded_v4(v6) {
         if special_v4(v4).is_some() {
-            return Some(match form {
-                "IPv4-mapped" => "IPv4-mapped form of a special IPv4 range",
-                "IPv4-compatible" => "IPv4-compatible form of a special IPv4 range",
-                "NAT64 (64:ff9b::/96)" => "NAT64 form of a special IPv4 range",
-                "6to4 (2002::/16)" => "6to4 form of a special IPv4 range",
-                _ => "Teredo form of a special IPv4 range",
-            });
+            return Some(reason);
         }
         // Teredo servers are also embedded; check the server field too.
-        if form.starts_with("Teredo") {
+        if reason == TEREDO_SPECIAL {
             let o = v6.octets();
             if special_v4(Ipv4Addr::new(o[4], o[5], o[6], o[7])).is_some() {
-                return Some("Teredo form of a special IPv4 range");
+                return Some(TEREDO_SPECIAL);
             }
         }
     }
@@ -374,12 +351,11 @@ impl Label {
         for (i, n) in self.names.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let more = format!(" +{} more", total - i);
-            if comment.len() + sep.len() + n.len() + more.len() > MAX_COMMENT && i + 1 < total {
+            // Room must stay for the "+N more" of the names after this one;
+            // the last name needs none.
+            let reserve = if i + 1 < total { more.len() } else { 0 };
+            if comment.len() + sep.len() + n.len() + reserve > MAX_COMMENT {
                 comment.push_str(&more);
-                break;
-            }
-            if comment.len() + sep.len() + n.len() > MAX_COMMENT {
-                comment.push_str(&format!(" +{} more", total - i));
                 break;
             }
             comment.push_str(sep);

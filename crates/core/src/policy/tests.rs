@@ -90,6 +90,60 @@ fn special_ranges_are_recognised() {
 }
 
 #[test]
+fn embedded_ipv4_forms_name_the_form() {
+    let cases = [
+        (
+            "::ffff:10.0.0.1",
+            "IPv4-mapped form of a special IPv4 range",
+        ),
+        (
+            "::127.0.0.1",
+            "IPv4-compatible form of a special IPv4 range",
+        ),
+        ("64:ff9b::a9fe:a9fe", "NAT64 form of a special IPv4 range"),
+        ("2002:a00:1::1", "6to4 form of a special IPv4 range"),
+        (
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+            "Teredo form of a special IPv4 range",
+        ),
+        // Teredo with a public client but server 10.0.0.1.
+        (
+            "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+            "Teredo form of a special IPv4 range",
+        ),
+        ("2001:db8::1", "documentation (2001:db8::/32)"),
+    ];
+    for (a, reason) in cases {
+        assert_eq!(special_range(a.parse().unwrap()), Some(reason), "{a}");
+    }
+}
+
+/// Every name fits when it can; otherwise as many as fit, then "+N more",
+/// and the comment never exceeds the limit by more than that suffix.
+#[test]
+fn comments_cut_at_the_limit() {
+    let label = |names: &[String]| Label {
+        lifetime: Lifetime::Permanent,
+        names: names.iter().cloned().collect(),
+    };
+    let name = |i: usize, len: usize| format!("{i:02}{}", "x".repeat(len - 2));
+    // Two names of 59 bytes: 59 + 2 + 59 = 120 fits exactly.
+    let fits = [name(0, 59), name(1, 59)];
+    assert_eq!(label(&fits).attrs().comment, fits.join(", "));
+    // One byte more and the last name does not fit: "+1 more".
+    let over = [name(0, 59), name(1, 60)];
+    assert_eq!(label(&over).attrs().comment, format!("{} +1 more", over[0]));
+    // Three names: the second fits alone, but not with room for "+1 more".
+    let three = [name(0, 59), name(1, 55), name(2, 3)];
+    assert_eq!(
+        label(&three).attrs().comment,
+        format!("{} +2 more", three[0])
+    );
+    let few = [name(0, 50), name(1, 50), name(2, 3)];
+    assert_eq!(label(&few).attrs().comment, few.join(", "));
+}
+
+#[test]
 fn hostnames_never_open_private_ranges_but_literals_do() {
     let e = entries(&["api.example.com:443", "10.0.0.0/8:5432"]);
     let mut answers = Answers::new();
