@@ -131,14 +131,15 @@ fn needs_refresh(desired: &ElementAttrs, live: &LiveAttrs) -> bool {
 pub fn diff(desired: &Elements, live: &LiveElements) -> Diff {
     let mut d = Diff::default();
     for set in SetId::ALL {
-        let want: BTreeMap<&ElementKey, &ElementAttrs> = desired.set(set).collect();
-        let have: BTreeMap<&ElementKey, &LiveAttrs> = live.set(set).collect();
-        for (key, live_attrs) in &have {
-            match want.get(key) {
+        // Both sides are maps by key already: look up in place rather than
+        // copying every key into new maps on each apply.
+        let have = live.sets.get(&set);
+        for (key, live_attrs) in live.set(set) {
+            match desired.get(set, key) {
                 None => {
                     let c = Change {
                         set,
-                        key: **key,
+                        key: *key,
                         attrs: ElementAttrs {
                             timeout: live_attrs.timeout,
                             comment: String::new(),
@@ -150,8 +151,8 @@ pub fn diff(desired: &Elements, live: &LiveElements) -> Diff {
                 Some(attrs) if needs_refresh(attrs, live_attrs) => {
                     let c = Change {
                         set,
-                        key: **key,
-                        attrs: (*attrs).clone(),
+                        key: *key,
+                        attrs: attrs.clone(),
                     };
                     d.delete.push(c.clone());
                     d.add.push(c.clone());
@@ -160,12 +161,12 @@ pub fn diff(desired: &Elements, live: &LiveElements) -> Diff {
                 Some(_) => {}
             }
         }
-        for (key, attrs) in &want {
-            if !have.contains_key(key) {
+        for (key, attrs) in desired.set(set) {
+            if !have.is_some_and(|m| m.contains_key(key)) {
                 let c = Change {
                     set,
-                    key: **key,
-                    attrs: (*attrs).clone(),
+                    key: *key,
+                    attrs: attrs.clone(),
                 };
                 d.add.push(c.clone());
                 d.changes.push((ChangeKind::Added, c));
