@@ -239,11 +239,6 @@ impl Allowlist {
         Err(Diagnostics(all))
     }
 
-    /// An allowlist without any line.
-    pub fn empty() -> Allowlist {
-        Allowlist::default()
-    }
-
     /// Every entry line in file order, duplicates included.
     pub fn entries(&self) -> impl Iterator<Item = EntryLine<'_>> {
         self.lines.iter().enumerate().filter_map(|(index, line)| {
@@ -1444,9 +1439,9 @@ good.example:443
         assert!(!list.contains(&e(host("a.example"), udp(443))));
         assert!(!list.contains(&e(host("a.example"), ALL)));
         assert_eq!(list.unique_entries().len(), 2);
-        assert!(!Allowlist::empty().contains(&e(host("a.example"), ALL)));
-        assert_eq!(Allowlist::empty().to_text(), "");
-        assert_eq!(Allowlist::empty().entries().count(), 0);
+        assert!(!Allowlist::default().contains(&e(host("a.example"), ALL)));
+        assert_eq!(Allowlist::default().to_text(), "");
+        assert_eq!(Allowlist::default().entries().count(), 0);
     }
 
     fn add(text: &str, entry: &str, comment: Option<&str>) -> (Result<bool, EditError>, String) {
