@@ -338,15 +338,13 @@ impl Nft {
     /// any), whether a full load is needed, and the element diff.
     pub fn plan(&mut self, ruleset: &Ruleset) -> Result<(Option<LiveTable>, Option<String>, Diff)> {
         let live = self.read(&ruleset.layout)?;
+        let nothing = LiveElements::new();
         let (reason, base) = match &live {
-            None => (
-                Some("the table does not exist".to_string()),
-                LiveElements::new(),
-            ),
-            Some(l) if !l.layout_matches => (l.drift.clone(), LiveElements::new()),
-            Some(l) => (None, l.elements.clone()),
+            None => (Some("the table does not exist".to_string()), &nothing),
+            Some(l) if !l.layout_matches => (l.drift.clone(), &nothing),
+            Some(l) => (None, &l.elements),
         };
-        let d = diff(&ruleset.elements, &base);
+        let d = diff(&ruleset.elements, base);
         Ok((live, reason, d))
     }
 
@@ -1862,14 +1860,14 @@ impl BatchBuf {
     }
 }
 
-fn header(msg: &[u8]) -> nlmsghdr {
+pub(crate) fn header(msg: &[u8]) -> nlmsghdr {
     // SAFETY: `messages` only yields slices of at least a header's length;
     // read_unaligned copes with any alignment.
     unsafe { std::ptr::read_unaligned(msg.as_ptr() as *const nlmsghdr) }
 }
 
 /// Splits a receive buffer into netlink messages.
-fn messages(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = buf;
     std::iter::from_fn(move || {
         if rest.len() < size_of::<nlmsghdr>() {
