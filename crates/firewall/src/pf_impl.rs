@@ -49,9 +49,7 @@ impl<R: CommandRunner> Backend for Pf<R> {
     }
 
     fn render(&self, ruleset: &Ruleset) -> Result<String, Error> {
-        let name = egress_core::config::pf_anchor_name(&ruleset.layout.table);
-        let tables = egress_pf::render::desired_tables(&ruleset.elements);
-        let anchor = egress_pf::render::Anchor::for_tables(&name, &ruleset.layout, &tables)?;
+        let (anchor, tables) = egress_pf::render::desired(ruleset)?;
         Ok(anchor.rules_file(&tables))
     }
 

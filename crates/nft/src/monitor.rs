@@ -9,8 +9,13 @@
 //! a read-back and diff, so a spurious wake-up costs one read.
 
 use std::io;
+use std::mem::size_of;
 use std::os::fd::RawFd;
 use std::thread;
+
+use libc::nlmsghdr;
+
+use crate::netlink::{header, messages};
 
 const NFNLGRP_NFTABLES: u32 = 7;
 
@@ -88,18 +93,44 @@ fn open() -> io::Result<mnl::Socket> {
     Ok(sock)
 }
 
-/// True if any message in the buffer was caused by another socket.
-fn any_foreign(mut bytes: &[u8], own: u32) -> bool {
-    while bytes.len() >= 16 {
-        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        let pid = u32::from_ne_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-        if len < 16 || len > bytes.len() {
+/// True if any message in the buffer was caused by another socket, or if
+/// the buffer holds a message that cannot be read (assume a change).
+fn any_foreign(bytes: &[u8], own: u32) -> bool {
+    let mut read = 0;
+    for msg in messages(bytes) {
+        if header(msg).nlmsg_pid != own {
             return true;
         }
-        if pid != own {
-            return true;
-        }
-        bytes = &bytes[(len.div_ceil(4) * 4).min(bytes.len())..];
+        read += msg.len().div_ceil(4) * 4;
     }
-    false
+    // `messages` stops at a header it cannot trust; less than a header
+    // left over is only padding.
+    bytes.len().saturating_sub(read) >= size_of::<nlmsghdr>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(len: u32, pid: u32) -> Vec<u8> {
+        let mut m = vec![0u8; len.max(16).div_ceil(4) as usize * 4];
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m[12..16].copy_from_slice(&pid.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn only_messages_of_other_sockets_or_unreadable_ones_count() {
+        let own = 42;
+        let mine = [msg(20, own), msg(17, own)].concat();
+        assert!(!any_foreign(&mine, own));
+        assert!(!any_foreign(&[mine.clone(), vec![0; 8]].concat(), own));
+        assert!(any_foreign(&[mine.clone(), msg(16, 7)].concat(), own));
+        // A length shorter than a header, or past the end of the buffer.
+        assert!(any_foreign(&[mine.clone(), msg(8, own)].concat(), own));
+        let mut long = msg(16, own);
+        long[..4].copy_from_slice(&64u32.to_ne_bytes());
+        assert!(any_foreign(&[mine, long].concat(), own));
+        assert!(!any_foreign(&[], own));
+    }
 }

@@ -338,15 +338,13 @@ impl Nft {
     /// any), whether a full load is needed, and the element diff.
     pub fn plan(&mut self, ruleset: &Ruleset) -> Result<(Option<LiveTable>, Option<String>, Diff)> {
         let live = self.read(&ruleset.layout)?;
+        let nothing = LiveElements::new();
         let (reason, base) = match &live {
-            None => (
-                Some("the table does not exist".to_string()),
-                LiveElements::new(),
-            ),
-            Some(l) if !l.layout_matches => (l.drift.clone(), LiveElements::new()),
-            Some(l) => (None, l.elements.clone()),
+            None => (Some("the table does not exist".to_string()), &nothing),
+            Some(l) if !l.layout_matches => (l.drift.clone(), &nothing),
+            Some(l) => (None, &l.elements),
         };
-        let d = diff(&ruleset.elements, &base);
+        let d = diff(&ruleset.elements, base);
         Ok((live, reason, d))
     }
 
@@ -356,40 +354,46 @@ impl Nft {
         let t0 = Instant::now();
         let (live, reason, d) = self.plan(ruleset)?;
         let read_time = t0.elapsed();
+        let t1 = Instant::now();
+        let (mode, sent) = match &reason {
+            Some(_) => (ApplyMode::Full, self.load_full(ruleset, &d)?),
+            None if d.is_empty() => (ApplyMode::Unchanged, Sent::default()),
+            None => (ApplyMode::Elements, self.load_diff(&ruleset.layout, &d)?),
+        };
         let (denied_packets, denied_bytes) = live
             .as_ref()
             .map_or((0, 0), |l| (l.denied_packets, l.denied_bytes));
-        let t1 = Instant::now();
-        let mut report = match reason {
-            Some(reason) => self.load_full(ruleset, d, Some(reason))?,
-            None if d.is_empty() => ApplyReport {
-                mode: ApplyMode::Unchanged,
-                reason: None,
-                diff: d,
-                messages: 0,
-                element_messages: 0,
-                bytes: 0,
-                read_time: Duration::ZERO,
-                write_time: Duration::ZERO,
-                denied_packets: 0,
-                denied_bytes: 0,
-            },
-            None => self.load_diff(&ruleset.layout, d)?,
-        };
-        report.read_time = read_time;
-        report.write_time = t1.elapsed();
-        report.denied_packets = denied_packets;
-        report.denied_bytes = denied_bytes;
-        Ok(report)
+        Ok(ApplyReport {
+            mode,
+            reason,
+            diff: d,
+            messages: sent.messages,
+            element_messages: sent.element_messages,
+            bytes: sent.bytes,
+            read_time,
+            write_time: t1.elapsed(),
+            denied_packets,
+            denied_bytes,
+        })
     }
 
     /// Replaces the whole table, whatever is live.
     pub fn apply_full(&mut self, ruleset: &Ruleset) -> Result<ApplyReport> {
         let t1 = Instant::now();
         let d = diff(&ruleset.elements, &LiveElements::new());
-        let mut r = self.load_full(ruleset, d, Some("forced".into()))?;
-        r.write_time = t1.elapsed();
-        Ok(r)
+        let sent = self.load_full(ruleset, &d)?;
+        Ok(ApplyReport {
+            mode: ApplyMode::Full,
+            reason: Some("forced".into()),
+            diff: d,
+            messages: sent.messages,
+            element_messages: sent.element_messages,
+            bytes: sent.bytes,
+            read_time: Duration::ZERO,
+            write_time: t1.elapsed(),
+            denied_packets: 0,
+            denied_bytes: 0,
+        })
     }
 
     /// Removes the table. Returns whether it existed.
@@ -412,12 +416,7 @@ impl Nft {
         Ok(existed)
     }
 
-    fn load_full(
-        &mut self,
-        ruleset: &Ruleset,
-        d: Diff,
-        reason: Option<String>,
-    ) -> Result<ApplyReport> {
+    fn load_full(&mut self, ruleset: &Ruleset, d: &Diff) -> Result<Sent> {
         let layout = &ruleset.layout;
         let name = cstring(&layout.table)?;
         let mut b = BatchBuf::new(self);
@@ -467,43 +466,29 @@ impl Nft {
             }
         }
         let element_messages = push_elements(&mut b, &name, tname, &d.add, true)?;
-        let (messages, bytes) = (b.count(), b.len());
-        self.send_batch(b)?;
-        Ok(ApplyReport {
-            mode: ApplyMode::Full,
-            reason,
-            diff: d,
-            messages,
+        let sent = Sent {
+            messages: b.count(),
             element_messages,
-            bytes,
-            read_time: Duration::ZERO,
-            write_time: Duration::ZERO,
-            denied_packets: 0,
-            denied_bytes: 0,
-        })
+            bytes: b.len(),
+        };
+        self.send_batch(b)?;
+        Ok(sent)
     }
 
-    fn load_diff(&mut self, layout: &Layout, d: Diff) -> Result<ApplyReport> {
+    fn load_diff(&mut self, layout: &Layout, d: &Diff) -> Result<Sent> {
         let name = cstring(&layout.table)?;
         let mut b = BatchBuf::new(self);
         // Deletes first: a refreshed element is deleted and re-added in the
         // same batch, which renews its timeout on every set type.
         let mut element_messages = push_elements(&mut b, &name, &layout.table, &d.delete, false)?;
         element_messages += push_elements(&mut b, &name, &layout.table, &d.add, true)?;
-        let (messages, bytes) = (b.count(), b.len());
-        self.send_batch(b)?;
-        Ok(ApplyReport {
-            mode: ApplyMode::Elements,
-            reason: None,
-            diff: d,
-            messages,
+        let sent = Sent {
+            messages: b.count(),
             element_messages,
-            bytes,
-            read_time: Duration::ZERO,
-            write_time: Duration::ZERO,
-            denied_packets: 0,
-            denied_bytes: 0,
-        })
+            bytes: b.len(),
+        };
+        self.send_batch(b)?;
+        Ok(sent)
     }
 
     /// Sends the batch in ONE sendmsg (a batch split over several sends can
@@ -971,6 +956,14 @@ impl Nft {
         }
         Ok(encode::decode(set, &dumped)?)
     }
+}
+
+/// What one batch carried (its begin and end markers not counted).
+#[derive(Default)]
+struct Sent {
+    messages: usize,
+    element_messages: usize,
+    bytes: usize,
 }
 
 struct LiveSet {
@@ -1862,14 +1855,14 @@ impl BatchBuf {
     }
 }
 
-fn header(msg: &[u8]) -> nlmsghdr {
+pub(crate) fn header(msg: &[u8]) -> nlmsghdr {
     // SAFETY: `messages` only yields slices of at least a header's length;
     // read_unaligned copes with any alignment.
     unsafe { std::ptr::read_unaligned(msg.as_ptr() as *const nlmsghdr) }
 }
 
 /// Splits a receive buffer into netlink messages.
-fn messages(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = buf;
     std::iter::from_fn(move || {
         if rest.len() < size_of::<nlmsghdr>() {

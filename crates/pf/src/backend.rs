@@ -101,9 +101,9 @@ pub struct PfPlan {
     pub reason: Option<String>,
     /// Element changes (for a full load: every element, as added).
     pub diff: Diff,
-    /// Tables whose contents change, with their new contents (for a full
-    /// load: every table).
-    pub tables: Vec<(TableId, BTreeSet<IpNet>)>,
+    /// Tables whose contents change (for a full load: every table); their
+    /// new contents are what [`render::desired`] makes of the ruleset.
+    pub tables: Vec<TableId>,
     anchor: Anchor,
     desired: Tables,
 }
@@ -201,14 +201,8 @@ impl<R: CommandRunner> Pf<R> {
         &mut self.runner
     }
 
-    /// The options.
-    pub fn options(&self) -> &PfOptions {
-        &self.opts
-    }
-
     fn pfctl(&mut self, a: &[&str], stdin: Option<&[u8]>) -> Result<String, PfError> {
-        let pfctl = self.opts.pfctl.clone();
-        Ok(run_checked(&mut self.runner, &pfctl, &args(a), stdin)?.stdout)
+        Ok(run_checked(&mut self.runner, &self.opts.pfctl, &args(a), stdin)?.stdout)
     }
 
     /// Path of the enable-token file of an anchor.
@@ -228,28 +222,26 @@ impl<R: CommandRunner> Pf<R> {
         } else {
             args(&["-a", anchor, "-s", "rules"])
         };
-        let pfctl = self.opts.pfctl.clone();
-        let out = run_unchecked(&mut self.runner, &pfctl, &a, None)?;
+        let out = run_unchecked(&mut self.runner, &self.opts.pfctl, &a, None)?;
         if out.success() {
             Ok(Some(live::parse_rules(&out.stdout)))
         } else if live::anchor_missing(&out.stderr) {
             Ok(None)
         } else {
-            Err(failure(&pfctl, &a, &out))
+            Err(failure(&self.opts.pfctl, &a, &out))
         }
     }
 
     /// The anchor's table names; none when the anchor does not exist.
     fn live_table_names(&mut self, anchor: &str) -> Result<Vec<String>, PfError> {
         let a = args(&["-a", anchor, "-s", "Tables"]);
-        let pfctl = self.opts.pfctl.clone();
-        let out = run_unchecked(&mut self.runner, &pfctl, &a, None)?;
+        let out = run_unchecked(&mut self.runner, &self.opts.pfctl, &a, None)?;
         if out.success() {
             Ok(live::parse_table_names(&out.stdout))
         } else if live::anchor_missing(&out.stderr) {
             Ok(Vec::new())
         } else {
-            Err(failure(&pfctl, &a, &out))
+            Err(failure(&self.opts.pfctl, &a, &out))
         }
     }
 
@@ -280,7 +272,9 @@ impl<R: CommandRunner> Pf<R> {
                 "the main ruleset does not evaluate anchor \"{anchor}\" (pf.conf without it was loaded)"
             ));
         }
-        let mut ids: Tables = Tables::new();
+        // Only which tables exist shapes the expected rules; their entries
+        // go to `live` alone.
+        let mut ids = BTreeSet::new();
         for name in &names {
             let cmd = ["-a", anchor.as_str(), "-t", name.as_str(), "-T", "show"];
             let out = self.pfctl(&cmd, None)?;
@@ -291,18 +285,18 @@ impl<R: CommandRunner> Pf<R> {
             match TableId::from_name(name) {
                 Some(id) => {
                     add_live_elements(&mut live.elements, id, &entries);
-                    ids.insert(id, entries.clone());
+                    ids.insert(id);
                 }
                 None => drift.push(format!("unexpected table <{name}>")),
             }
             live.tables.insert(name.clone(), entries);
         }
         for t in [TableId::Dns, TableId::AnyPorts] {
-            if !ids.contains_key(&t) {
+            if !ids.contains(&t) {
                 drift.push(format!("table <{}> is missing", t.name()));
             }
         }
-        let expected = Anchor::for_tables(&anchor, layout, &ids)?;
+        let expected = Anchor::new(&anchor, layout, &render::groups(&ids))?;
         let want = expected.labels();
         let have: Vec<String> = rules
             .iter()
@@ -323,12 +317,13 @@ impl<R: CommandRunner> Pf<R> {
 
     /// What [`Pf::apply`] would do, without doing it.
     pub fn plan(&mut self, ruleset: &Ruleset) -> Result<PfPlan, PfError> {
-        let name = pf_anchor_name(&ruleset.layout.table);
-        let desired = render::desired_tables(&ruleset.elements);
-        let anchor = Anchor::for_tables(&name, &ruleset.layout, &desired)?;
+        let (anchor, desired) = render::desired(ruleset)?;
         let live = self.read(&ruleset.layout)?;
         let reason = match &live {
-            None => Some(format!("anchor \"{name}\" does not exist or is empty")),
+            None => Some(format!(
+                "anchor \"{}\" does not exist or is empty",
+                anchor.name
+            )),
             Some(l) if !l.layout_matches() => l.drift.clone(),
             Some(l) => group_change(&desired, l),
         };
@@ -338,13 +333,13 @@ impl<R: CommandRunner> Pf<R> {
                 let changed = desired
                     .iter()
                     .filter(|(id, addrs)| l.tables.get(&id.name()) != Some(*addrs))
-                    .map(|(id, addrs)| (*id, addrs.clone()))
+                    .map(|(id, _)| *id)
                     .collect();
                 (diff(&wanted, &l.elements), changed)
             }
             _ => (
                 diff(&wanted, &LiveElements::new()),
-                desired.iter().map(|(id, a)| (*id, a.clone())).collect(),
+                desired.keys().copied().collect(),
             ),
         };
         Ok(PfPlan {
@@ -384,7 +379,7 @@ impl<R: CommandRunner> Pf<R> {
     fn apply_plan(
         &mut self,
         ruleset: &Ruleset,
-        plan: PfPlan,
+        mut plan: PfPlan,
         read_time: Duration,
     ) -> Result<PfApplyReport, PfError> {
         let t1 = Instant::now();
@@ -394,8 +389,8 @@ impl<R: CommandRunner> Pf<R> {
             .map_or((0, 0), |l| (l.denied_packets, l.denied_bytes));
         let mut report = PfApplyReport {
             mode: PfApplyMode::Unchanged,
-            reason: plan.reason.clone(),
-            diff: plan.diff.clone(),
+            reason: plan.reason.take(),
+            diff: std::mem::take(&mut plan.diff),
             commands: 0,
             tables: Vec::new(),
             bytes: 0,
@@ -408,14 +403,14 @@ impl<R: CommandRunner> Pf<R> {
             warnings: Vec::new(),
         };
         let name = plan.anchor.name.clone();
-        if plan.reason.is_some() {
+        if report.reason.is_some() {
             report.mode = PfApplyMode::Full;
             self.load_full(&ruleset.layout, &plan, &mut report)?;
         } else if !plan.tables.is_empty() {
             report.mode = PfApplyMode::Tables;
-            for (id, addrs) in &plan.tables {
+            for id in &plan.tables {
                 let table = id.name();
-                let file = render::table_file(addrs);
+                let file = render::table_file(&plan.desired[id]);
                 self.pfctl(
                     &["-a", &name, "-t", &table, "-T", "replace", "-f", "-"],
                     Some(file.as_bytes()),
@@ -525,11 +520,10 @@ impl<R: CommandRunner> Pf<R> {
         if enabled && have.is_some() {
             return Ok(false);
         }
-        let pfctl = self.opts.pfctl.clone();
         let a = args(&["-E"]);
-        let out = run_checked(&mut self.runner, &pfctl, &a, None)?;
+        let out = run_checked(&mut self.runner, &self.opts.pfctl, &a, None)?;
         let token = live::parse_token(&out.stdout, &out.stderr).ok_or_else(|| PfError::Parse {
-            command: crate::runner::command_line(&pfctl, &a),
+            command: crate::runner::command_line(&self.opts.pfctl, &a),
             what: "no \"Token : N\" line".into(),
         })?;
         fs::create_dir_all(&self.opts.state_dir).map_err(|source| PfError::File {
@@ -589,8 +583,7 @@ impl<R: CommandRunner> Pf<R> {
     /// Checks that the layout's interfaces can be filtered here: refuses
     /// when one is missing and Docker Desktop or OrbStack is in use.
     pub fn check_host(&mut self, layout: &Layout) -> Result<HostCheck, PfError> {
-        let ifconfig = self.opts.ifconfig.clone();
-        let out = run_checked(&mut self.runner, &ifconfig, &args(&["-l"]), None)?;
+        let out = run_checked(&mut self.runner, &self.opts.ifconfig, &args(&["-l"]), None)?;
         let present = live::parse_interfaces(&out.stdout);
         let missing: Vec<String> = layout
             .interfaces

@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use egress_core::config::Action;
-use egress_core::ruleset::{AddrRange, ElementAttrs, ElementKey, Elements, Layout, SetId};
+use egress_core::config::{pf_anchor_name, Action};
+use egress_core::ruleset::{AddrRange, ElementAttrs, ElementKey, Elements, Layout, Ruleset, SetId};
 use egress_core::{PortRange, Proto};
 use ipnet::{IpNet, Ipv4Subnets, Ipv6Subnets};
 
@@ -591,6 +591,15 @@ impl Anchor {
         }
         out
     }
+}
+
+/// The anchor and tables `ruleset` becomes (the anchor named after
+/// `Layout::table`): what `show` prints and what a full load sends.
+pub fn desired(ruleset: &Ruleset) -> Result<(Anchor, Tables), PfError> {
+    let tables = desired_tables(&ruleset.elements);
+    let name = pf_anchor_name(&ruleset.layout.table);
+    let anchor = Anchor::for_tables(&name, &ruleset.layout, &tables)?;
+    Ok((anchor, tables))
 }
 
 /// The service groups of a table set.
