@@ -611,13 +611,7 @@ impl Layout {
     /// written into the table's comment; a live table whose comment differs
     /// was made by another version or another config and is replaced whole.
     pub fn fingerprint(&self) -> String {
-        let text = crate::render::layout_text(self);
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        fingerprint(&crate::render::layout_text(self))
     }
 
     /// The table comment carrying the fingerprint.
@@ -636,4 +630,16 @@ pub struct Ruleset {
     pub layout: Layout,
     /// Set contents.
     pub elements: Elements,
+}
+
+/// FNV-1a (64 bit) of `text` as 16 hex digits: the layout fingerprint of
+/// the nft table's comment and of the pf anchor's labels. Not for security:
+/// it only tells one rendering from another.
+pub fn fingerprint(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }

@@ -530,7 +530,7 @@ impl Anchor {
         }
         Ok(Anchor {
             name: name.to_owned(),
-            fingerprint: fnv1a(&skeleton),
+            fingerprint: egress_core::ruleset::fingerprint(&skeleton),
             rules,
             tables,
         })
@@ -629,15 +629,6 @@ pub fn table_file(addrs: &BTreeSet<IpNet>) -> String {
         let _ = writeln!(out, "{}", addr_text(a));
     }
     out
-}
-
-fn fnv1a(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 #[cfg(test)]
