@@ -739,7 +739,8 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
             _ = sleep => {}
         }
         // Coalesce whatever else is already queued: a burst of SIGHUPs is
-        // one reload, many DNS results are one batch.
+        // one reload, many DNS results are one batch, the notifications of
+        // one foreign commit (one per object it touched) are one check.
         while let Some(Some(s)) = signals.next().now_or_never() {
             on_signal(s);
         }
@@ -749,6 +750,9 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
         }
         while fs_rx.try_recv().is_ok() {
             eng.reload_at = Some(now + RELOAD_DEBOUNCE);
+        }
+        while fw_rx.try_recv().is_ok() {
+            eng.mark_dirty(now, DRIFT_DEBOUNCE);
         }
         if stop {
             notify(&[NotifyState::Stopping]);
