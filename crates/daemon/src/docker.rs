@@ -53,9 +53,10 @@ async fn follow(name: String, tx: mpsc::UnboundedSender<BridgeMsg>) {
                 }
             }
         });
-        let mut reason = report(&docker, &name, &tx).await;
-        if reason.is_none() {
-            reason = loop {
+        // Whichever way it ends, following ends with Docker unreachable.
+        let reason = match report(&docker, &name, &tx).await {
+            Some(r) => r,
+            None => loop {
                 match ev_rx.recv().await {
                     Some(Ok(ev)) => {
                         debug!(network = %name, event = ?ev, "docker network event");
@@ -66,14 +67,11 @@ async fn follow(name: String, tx: mpsc::UnboundedSender<BridgeMsg>) {
                     Some(Err(e)) => break e.to_string(),
                     None => break "the Docker event stream ended".to_owned(),
                 }
-            }
-            .into();
-        }
+            },
+        };
         pump.abort();
-        if let Some(r) = reason {
-            if tx.send(BridgeMsg::Unreachable(r)).is_err() {
-                return;
-            }
+        if tx.send(BridgeMsg::Unreachable(reason)).is_err() {
+            return;
         }
         tokio::time::sleep(backoff).await;
     }

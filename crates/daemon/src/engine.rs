@@ -148,8 +148,9 @@ pub struct Engine {
     last_status_line: String,
     /// The interface filtered now.
     bridge: String,
-    /// The Docker follower: network name, task and its channel.
-    follow: Option<(String, tokio::task::JoinHandle<()>)>,
+    /// The Docker follower's task (it follows `[network] docker`), and
+    /// its channel.
+    follow: Option<tokio::task::JoinHandle<()>>,
     bridge_tx: mpsc::UnboundedSender<BridgeMsg>,
     /// Last Docker problem reported (warn once per episode, not per retry).
     docker_problem: Option<String>,
@@ -345,7 +346,8 @@ impl Engine {
                         "[control] socket changed; the daemon keeps serving the old path until restarted"
                     );
                 }
-                let resolver_changed = settings(&loaded) != settings(&self.loaded);
+                let new_settings = settings(&loaded);
+                let resolver_changed = new_settings != settings(&self.loaded);
                 let network_changed = loaded.config.network.docker
                     != self.loaded.config.network.docker
                     || loaded.config.network.interface != self.loaded.config.network.interface;
@@ -353,7 +355,7 @@ impl Engine {
                     .set_config(ScheduleConfig::from_resolver(&loaded.config.resolver));
                 self.sched.set_hosts(loaded.hosts.iter().cloned(), now);
                 if resolver_changed {
-                    match Resolver::new(settings(&loaded)) {
+                    match Resolver::new(new_settings) {
                         Ok(r) => self.resolver = r,
                         Err(e) => {
                             error!(error = %e, "cannot rebuild the resolver; keeping the old one")
@@ -401,16 +403,16 @@ impl Engine {
     /// (Re)starts following the Docker network of the config, or stops
     /// when `[network] interface` names the interface itself.
     fn refollow(&mut self) {
-        if let Some((_, task)) = self.follow.take() {
+        if let Some(task) = self.follow.take() {
             task.abort();
         }
         let net = &self.loaded.config.network;
         match &net.interface {
             Some(i) => self.bridge = i.clone(),
             None => {
-                self.follow = Some((
+                self.follow = Some(docker::spawn_follow(
                     net.docker.clone(),
-                    docker::spawn_follow(net.docker.clone(), self.bridge_tx.clone()),
+                    self.bridge_tx.clone(),
                 ));
             }
         }
@@ -739,7 +741,8 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
             _ = sleep => {}
         }
         // Coalesce whatever else is already queued: a burst of SIGHUPs is
-        // one reload, many DNS results are one batch.
+        // one reload, many DNS results are one batch, the notifications of
+        // one foreign commit (one per object it touched) are one check.
         while let Some(Some(s)) = signals.next().now_or_never() {
             on_signal(s);
         }
@@ -749,6 +752,9 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
         }
         while fs_rx.try_recv().is_ok() {
             eng.reload_at = Some(now + RELOAD_DEBOUNCE);
+        }
+        while fw_rx.try_recv().is_ok() {
+            eng.mark_dirty(now, DRIFT_DEBOUNCE);
         }
         if stop {
             notify(&[NotifyState::Stopping]);

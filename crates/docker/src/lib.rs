@@ -1,6 +1,6 @@
 //! The Docker edge: find the bridge interface of the agents' network, follow
-//! it through Docker events, create it (`setup-network`), and run the
-//! short-lived probe containers of `verify`.
+//! it through Docker events, create it (`setup-network`), and start the
+//! probe containers of `verify`.
 //!
 //! Everything that can be decided without Docker (which interface a network
 //! has, how an existing network differs from what `setup-network` would
@@ -17,7 +17,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectNetworkOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    ListContainersOptions, RemoveContainerOptions,
 };
 use futures::{Stream, TryStreamExt};
 use ipnet::IpNet;
@@ -255,17 +255,6 @@ pub struct Published {
     pub proto: String,
 }
 
-/// Output of a finished probe container.
-#[derive(Debug, Clone)]
-pub struct ContainerRun {
-    /// Exit status.
-    pub exit_code: i64,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
 /// A started container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
@@ -294,7 +283,6 @@ pub struct ContainerSpec {
 #[derive(Clone)]
 pub struct Docker {
     api: bollard::Docker,
-    endpoint: String,
 }
 
 impl Docker {
@@ -311,12 +299,7 @@ impl Docker {
             .map_err(unreachable)?
             .with_timeout(CALL_TIMEOUT);
         let api = api.negotiate_version().await.map_err(unreachable)?;
-        Ok(Docker { api, endpoint })
-    }
-
-    /// Where it is connected.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        Ok(Docker { api })
     }
 
     /// Maps a client error to [`DockerError::Api`] naming the call.
@@ -391,14 +374,6 @@ impl Docker {
                 name: spec.name.clone(),
                 why: "created, but not found right after".into(),
             })
-    }
-
-    /// Removes a network (tests and cleanup).
-    pub async fn remove_network(&self, name: &str) -> Result<()> {
-        self.api
-            .remove_network(name)
-            .await
-            .map_err(Self::api_err(format!("remove network {name}")))
     }
 
     /// Create and destroy events of the network called `name`. The stream
@@ -568,69 +543,6 @@ impl Docker {
             return Err(Self::api_err(format!("start container {}", spec.name))(e));
         }
         Ok(())
-    }
-
-    /// Runs a container to completion (at most `limit`) and returns its
-    /// output; the container is removed in every case.
-    pub async fn run_container(
-        &self,
-        spec: &ContainerSpec,
-        limit: Duration,
-    ) -> Result<ContainerRun> {
-        self.create_and_start(spec).await?;
-        let result = self.wait_and_collect(&spec.name, limit).await;
-        let _ = self.remove_container(&spec.name).await;
-        result
-    }
-
-    async fn wait_and_collect(&self, name: &str, limit: Duration) -> Result<ContainerRun> {
-        let waited = tokio::time::timeout(
-            limit,
-            self.api
-                .wait_container(name, None::<WaitContainerOptions>)
-                .try_collect::<Vec<_>>(),
-        )
-        .await;
-        let exit_code = match waited {
-            Err(_) => {
-                return Err(DockerError::ProbeTimeout {
-                    name: name.to_owned(),
-                    after: limit,
-                })
-            }
-            Ok(Ok(v)) => v.last().map_or(0, |w| w.status_code),
-            // A non-zero exit comes back as an error carrying the code.
-            Ok(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-            Ok(Err(e)) => return Err(Self::api_err(format!("wait for container {name}"))(e)),
-        };
-        let logs = self
-            .api
-            .logs(
-                name,
-                Some(LogsOptions {
-                    stdout: true,
-                    stderr: true,
-                    ..Default::default()
-                }),
-            )
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(Self::api_err(format!("logs of container {name}")))?;
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        for l in logs {
-            match l {
-                bollard::container::LogOutput::StdErr { message } => {
-                    stderr.push_str(&String::from_utf8_lossy(&message))
-                }
-                other => stdout.push_str(&String::from_utf8_lossy(&other.into_bytes())),
-            }
-        }
-        Ok(ContainerRun {
-            exit_code,
-            stdout,
-            stderr,
-        })
     }
 
     /// Removes a container, running or not.
