@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::allowlist::Allowlist;
 use crate::config::Config;
 use crate::entry::{Entry, HostName, Target};
-use crate::policy;
+use crate::policy::{self, Answers, PolicyOutcome};
 use crate::ruleset::Layout;
 
 /// A validated config and allowlist with what follows from them.
@@ -58,9 +58,21 @@ impl Inputs {
         }
     }
 
-    /// The layout: the config's table and action on its interface.
-    pub fn layout(&self) -> Layout {
-        policy::layout(&self.config, vec![self.config.network.interface_name()])
+    /// The layout: the config's table and action on `interface` (the
+    /// bridge found in Docker, or `[network] interface`).
+    pub fn layout(&self, interface: String) -> Layout {
+        policy::layout(&self.config, vec![interface])
+    }
+
+    /// The elements the policy allows given `answers`, and the answers it
+    /// refuses (private ranges not in `[firewall] allow_private`).
+    pub fn desired_elements(&self, answers: &Answers) -> PolicyOutcome {
+        policy::desired_elements(
+            &self.entries,
+            answers,
+            &self.dns_allow,
+            &self.config.firewall.allow_private,
+        )
     }
 }
 
@@ -87,6 +99,10 @@ mod tests {
         let hosts: Vec<&str> = i.hosts.iter().map(|h| h.as_str()).collect();
         assert_eq!(hosts, ["a.example", "b.example"]);
         assert_eq!(i.dns_allow, vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
-        assert_eq!(i.layout().interfaces, vec!["openclaw-egress".to_string()]);
+        let iface = i.config.network.interface_name();
+        assert_eq!(
+            i.layout(iface).interfaces,
+            vec!["openclaw-egress".to_string()]
+        );
     }
 }

@@ -15,7 +15,6 @@ use egress_core::allowlist::Allowlist;
 use egress_core::config::Config;
 use egress_core::diff::ChangeKind;
 use egress_core::inputs::Inputs;
-use egress_core::policy;
 use egress_core::ruleset::{Layout, Ruleset};
 use egress_core::schedule::{Family, HostStatus, QueryOutcome, ScheduleConfig, Scheduler};
 use egress_core::status::{
@@ -70,10 +69,8 @@ pub fn load(config_path: &Path) -> Result<(Inputs, Vec<String>), Vec<String>> {
     let parsed =
         Allowlist::parse_bytes(&config.allowlist.display().to_string(), &bytes).map_err(lines)?;
     let warnings = parsed.warnings.iter().map(|w| w.to_string()).collect();
-    let servers = match &config.resolver.servers {
-        Some(s) => s.clone(),
-        None => egress_resolve::system_servers().map_err(|e| vec![e.to_string()])?,
-    };
+    let servers =
+        egress_resolve::configured_servers(&config.resolver).map_err(|e| vec![e.to_string()])?;
     Ok((Inputs::new(config, parsed.allowlist, servers), warnings))
 }
 
@@ -235,12 +232,7 @@ impl Engine {
     fn apply(&mut self, now: Instant) {
         self.apply_at = None;
         let answers = self.sched.answers(now);
-        let out = policy::desired_elements(
-            &self.loaded.entries,
-            &answers,
-            &self.loaded.dns_allow,
-            &self.loaded.config.firewall.allow_private,
-        );
+        let out = self.loaded.desired_elements(&answers);
         for r in &out.refused {
             if self.refused_logged.insert((r.host.clone(), r.addr)) {
                 warn!(host = %r.host, address = %r.addr, reason = r.reason, "answer refused: private or special range (see [firewall] allow_private)");
@@ -397,7 +389,7 @@ impl Engine {
 
     /// The layout for the current config and interface.
     fn layout_now(&self) -> Layout {
-        policy::layout(&self.loaded.config, vec![self.bridge.clone()])
+        self.loaded.layout(self.bridge.clone())
     }
 
     /// (Re)starts following the Docker network of the config, or stops
@@ -626,7 +618,7 @@ pub async fn run(opts: Opts, loaded: Inputs) -> anyhow::Result<()> {
     let now = Instant::now();
     let mut fw = firewall()?;
     let bridge = initial_bridge(&loaded).await;
-    let layout = policy::layout(&loaded.config, vec![bridge.clone()]);
+    let layout = loaded.layout(bridge.clone());
 
     // Closed from the first moment: unless a table with exactly this layout
     // is already live (a restart, whose resolved elements are still valid

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use egress_core::HostName;
 
-pub use resolv_conf::{parse_resolv_conf, read_resolv_conf, system_servers, RESOLV_CONF};
+pub use resolv_conf::{
+    configured_servers, parse_resolv_conf, read_resolv_conf, system_servers, RESOLV_CONF,
+};
 pub use resolver::Resolver;
 
 /// How a [`Resolver`] talks to DNS.

@@ -55,6 +55,14 @@ pub fn system_servers() -> Result<Vec<SocketAddr>, ResolveError> {
     read_resolv_conf(Path::new(RESOLV_CONF))
 }
 
+/// The servers to resolve with: the config's `[resolver] servers`, else
+/// [`system_servers`] (the CLI and the daemon both go by this rule).
+pub fn configured_servers(
+    r: &egress_core::config::ResolverConfig,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    r.servers.clone().map_or_else(system_servers, Ok)
+}
+
 /// Nameservers of a `resolv.conf` at `path` (see [`parse_resolv_conf`]); an
 /// error when the file cannot be read or names no server.
 pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, ResolveError> {
