@@ -38,11 +38,13 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use egress_core::status::Status;
-use testkit::{require_root, unique_name, Dnsmasq, Netns};
+use testkit::{
+    require_root, sibling_binary, unique_name, wait_until, Daemon, Dnsmasq, Netns, POLL,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
 const UNIT: &str = concat!(
@@ -57,8 +59,6 @@ const MAX_EXPOSURE: f64 = 2.5;
 /// Set in the environment of this test binary when it runs as the probe
 /// inside the sandbox (see [`the_sandbox_enforces_what_the_unit_says`]).
 const PROBE_ENV: &str = "OPENCLAW_EGRESS_SANDBOX_PROBE";
-
-const POLL: Duration = Duration::from_millis(50);
 
 // ------------------------------------------------------------------ the unit
 
@@ -1190,16 +1190,7 @@ fn sandboxed(
 /// next to it, and this test binary (the probe).
 fn built_binaries() -> Vec<(&'static str, PathBuf)> {
     let daemon = PathBuf::from(DAEMON);
-    let cli = daemon
-        .parent()
-        .expect("the daemon binary has a folder")
-        .join("openclaw-egress");
-    assert!(
-        cli.is_file(),
-        "the CLI binary {} is missing: build it first (`cargo build -p openclaw-egress` with the \
-         same CARGO_TARGET_DIR, or run `cargo test --workspace`)",
-        cli.display()
-    );
+    let cli = sibling_binary(DAEMON, "openclaw-egress");
     let probe = std::env::current_exe().expect("the test binary's path");
     vec![
         ("openclaw-egressd", daemon),
@@ -1288,10 +1279,7 @@ impl Lab {
     }
 
     fn listing(&self) -> Option<String> {
-        let out = self.ns.exec(["nft", "list", "table", "inet", &self.table]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        self.ns.nft_table(&self.table)
     }
 
     /// Runs one of the unit's Exec lines in the sandbox, to completion.
@@ -1308,76 +1296,8 @@ impl Lab {
         let exec = self.unit.all("ExecStart");
         assert_eq!(exec.len(), 1, "one ExecStart in the unit");
         let argv = self.root.exec_line(exec[0], None);
-        let log = self.root.join("log/daemon.log");
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the daemon log");
-        let f2 = f.try_clone().expect("dup the log");
-        let child = sandboxed(spec, &self.root, Some(&self.ns), &argv, env)
-            .stdout(f)
-            .stderr(f2)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {argv:?} in the sandbox: {e}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        Daemon {
-            child,
-            log,
-            exited: None,
-        }
-    }
-}
-
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        if self.exited.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(None) => true,
-            Ok(Some(st)) => {
-                self.exited = Some(st);
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if !self.is_running() {
-                return self.exited;
-            }
-            std::thread::sleep(POLL);
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut cmd = sandboxed(spec, &self.root, Some(&self.ns), &argv, env);
+        Daemon::spawn(&mut cmd, &self.root.join("log/daemon.log"))
     }
 }
 
@@ -1417,25 +1337,6 @@ impl Notify {
             .iter()
             .filter(|m| m.lines().any(|l| l == line))
             .count()
-    }
-}
-
-#[track_caller]
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> bool,
-    detail: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {limit:?} waiting for: {what}\n{}",
-                detail()
-            );
-        }
-        std::thread::sleep(POLL);
     }
 }
 
@@ -1537,7 +1438,7 @@ fn the_daemon_works_under_the_units_sandbox() {
         assert!(
             d.is_running(),
             "the sandboxed daemon exited ({:?}):\n{}",
-            d.exited,
+            d.exited(),
             d.log()
         );
         assert!(
