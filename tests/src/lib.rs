@@ -82,7 +82,7 @@ pub use topology::{
     ROUTER_IN_V4, ROUTER_IN_V6, ROUTER_OUT_V4, ROUTER_OUT_V6, SERVER_V4, SERVER_V6,
 };
 pub use upstream::{Upstream, UPSTREAM_SERVICES, UPSTREAM_TCP_PORTS, UPSTREAM_UDP_PORTS};
-pub use wait::{wait_for, wait_until, POLL};
+pub use wait::{assert_holds, wait_for, wait_until, POLL};
 
 /// errno values a [`Probe::Unreachable`] carries, re-exported so tests need
 /// no `libc` of their own.

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-/// Poll interval of [`wait_until`], [`wait_for`] and [`Daemon::wait_exit`](crate::Daemon::wait_exit).
+/// Poll interval of [`wait_until`], [`wait_for`], [`assert_holds`] and
+/// [`Daemon::wait_exit`](crate::Daemon::wait_exit).
 pub const POLL: Duration = Duration::from_millis(50);
 
 /// Polls `f` until it gives `Some`, for at most `limit`; panics naming
@@ -37,6 +38,30 @@ pub fn wait_until(
         if Instant::now() >= deadline {
             panic!(
                 "timed out after {limit:?} waiting for: {what}\n{}",
+                detail()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Checks `f` again and again until `window` has passed since `since`, and
+/// panics as soon as it is false, saying how long after `since` `what`
+/// stopped holding, with `detail()`. For lower bounds: what a correct
+/// program must not change before a moment.
+#[track_caller]
+pub fn assert_holds(
+    what: &str,
+    since: Instant,
+    window: Duration,
+    mut f: impl FnMut() -> bool,
+    detail: impl Fn() -> String,
+) {
+    while since.elapsed() < window {
+        if !f() {
+            panic!(
+                "{what} stopped holding {:?} after the start (it must hold for {window:?})\n{}",
+                since.elapsed(),
                 detail()
             );
         }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use egress_core::status::{EntryStatus, Status};
 use testkit::{
-    dns_query, error_locations, nft_set_addresses, require_root, sibling_binary, wait_for,
-    wait_until, Daemon, Dnsmasq, Netns, QType, TempDir, Transport, POLL,
+    assert_holds, dns_query, error_locations, nft_set_addresses, require_root, sibling_binary,
+    wait_for, wait_until, Daemon, Dnsmasq, Netns, QType, TempDir, Transport, POLL,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
@@ -651,14 +651,13 @@ fn a_rotated_address_is_added_and_the_old_one_expires_after_grace() {
         let addrs = addresses(entry(&s, "rot.test:443"));
         assert!(addrs.contains("198.18.5.6"), "{s:#?}");
     }
-    while changed.elapsed() < Duration::from_millis(1500) {
-        assert!(
-            fx.has("198.18.5.5"),
-            "the old address was dropped {:?} after the change, before its grace ran out",
-            changed.elapsed()
-        );
-        std::thread::sleep(POLL);
-    }
+    assert_holds(
+        "the old address, until its grace runs out,",
+        changed,
+        Duration::from_millis(1500),
+        || fx.has("198.18.5.5"),
+        || fx.explain(&d),
+    );
     fx.wait_absent("198.18.5.5", secs(10), &d);
     let s = fx.status();
     assert_eq!(
@@ -945,15 +944,13 @@ fn while_dns_is_down_addresses_are_served_stale_then_expire_and_come_back() {
     // Without serve-stale it would be gone by down + 1 s TTL + 2 s grace;
     // the last good answer is at most ~1 s old, so serve-stale keeps it
     // until at least down + 7 s.
-    while down.elapsed() < Duration::from_millis(4500) {
-        assert!(
-            fx.has("198.18.9.1"),
-            "the address was dropped {:?} after DNS went down (serve_stale 8s):\n{}",
-            down.elapsed(),
-            fx.explain(&d)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_holds(
+        "the address, served stale (serve_stale 8s) after DNS went down,",
+        down,
+        Duration::from_millis(4500),
+        || fx.has("198.18.9.1"),
+        || fx.explain(&d),
+    );
     let s = fx.status();
     let e = entry(&s, "st.test:443");
     assert!(
@@ -994,14 +991,13 @@ fn after_nxdomain_the_address_expires_and_the_name_is_asked_again_after_negative
     let gone = Instant::now();
     // Allowed until at least the removal - 1 s + 1 s TTL + 4 s grace - 1 s
     // (refresh slack).
-    while gone.elapsed() < Duration::from_millis(1500) {
-        assert!(
-            fx.has("198.18.7.7"),
-            "dropped {:?} after NXDOMAIN, before grace",
-            gone.elapsed()
-        );
-        std::thread::sleep(POLL);
-    }
+    assert_holds(
+        "the address, after NXDOMAIN until its grace runs out,",
+        gone,
+        Duration::from_millis(1500),
+        || fx.has("198.18.7.7"),
+        || fx.explain(&d),
+    );
     fx.wait_absent("198.18.7.7", secs(10), &d);
     assert_eq!(fx.elements(), set(&["198.18.7.1"]));
     // The status follows (the kernel may close up to 1 s of refresh slack
@@ -1068,11 +1064,13 @@ fn a_failing_aaaa_query_does_not_close_the_a_address() {
     );
     assert_eq!(addresses(e), set(&["198.18.2.4"]), "{e:#?}");
     // Well past TTL + grace, the A address stays.
-    let t = Instant::now();
-    while t.elapsed() < secs(4) {
-        assert!(fx.has("198.18.2.4"), "{}", fx.explain(&d));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_holds(
+        "the A address, well past TTL + grace,",
+        Instant::now(),
+        secs(4),
+        || fx.has("198.18.2.4"),
+        || fx.explain(&d),
+    );
     assert!(dns.queries("A", "v4only.test") >= 3, "{}", dns.log());
     let human = String::from_utf8_lossy(&fx.status_cmd(false).stdout).into_owned();
     assert!(human.contains("1 errors"), "{human}");
