@@ -55,6 +55,7 @@ mod docker;
 mod lock;
 mod netns;
 mod nft;
+mod notify;
 mod probe;
 mod run;
 mod servers;
@@ -70,6 +71,7 @@ pub use docker::{Container, Docker, Lookup, Network, TEST_IMAGE};
 pub use lock::Subnet;
 pub use netns::{require_root, unique_name, Netns, NsChild};
 pub use nft::nft_set_addresses;
+pub use notify::NotifySocket;
 pub use probe::{
     dns_tcp, dns_udp, run_probe, tcp, tcp_connect, udp, udp_roundtrip, Probe, Target, TargetKind,
     BLOCKED_TIMEOUT, PATIENT_TIMEOUT,

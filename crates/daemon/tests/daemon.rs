@@ -17,18 +17,17 @@ use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use egress_core::status::{EntryStatus, Status};
 use testkit::{
     assert_holds, dns_query, error_locations, nft_set_addresses, require_root, sibling_binary,
-    wait_for, wait_until, Daemon, Dnsmasq, Netns, QType, TempDir, Transport, POLL,
+    wait_for, wait_until, Daemon, Dnsmasq, Netns, NotifySocket, QType, TempDir, Transport, POLL,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
@@ -422,68 +421,6 @@ impl Drop for SlowDns {
     }
 }
 
-// ------------------------------------------------------------ sd-notify
-
-/// A NOTIFY_SOCKET: a datagram socket whose messages a thread collects.
-struct NotifySocket {
-    path: PathBuf,
-    msgs: Arc<Mutex<Vec<(Instant, String)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &TempDir) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let msgs = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m2, s2) = (msgs.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    m2.lock().unwrap().push((Instant::now(), text));
-                }
-            }
-        });
-        NotifySocket {
-            path,
-            msgs,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn all(&self) -> Vec<(Instant, String)> {
-        self.msgs.lock().unwrap().clone()
-    }
-
-    /// Messages (datagrams) holding the line `line`.
-    fn with_line(&self, line: &str) -> Vec<(Instant, String)> {
-        self.all()
-            .into_iter()
-            .filter(|(_, m)| m.lines().any(|l| l == line))
-            .collect()
-    }
-
-    fn dump(&self) -> String {
-        self.all().iter().map(|(_, m)| format!("{m:?}\n")).collect()
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// True when `s` reads "N entries, M addresses, next refresh Xs, E errors"
 /// (or "no refresh scheduled" in place of the refresh).
 fn is_summary(s: &str) -> bool {
@@ -569,9 +506,9 @@ fn the_table_is_closed_before_the_first_answer_and_ready_follows_the_first_apply
         ..Cfg::default()
     });
     fx.allowlist("slow.test:443\n198.18.1.9\n");
-    let notify = NotifySocket::bind(&fx.dir);
+    let notify = NotifySocket::bind(fx.dir.join("notify.sock"));
     let t0 = Instant::now();
-    let mut d = fx.start_with(&[], &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+    let mut d = fx.start_with(&[], &[("NOTIFY_SOCKET", notify.path().to_str().unwrap())]);
     let listing = wait_for("the table to be loaded", secs(10), || {
         assert!(d.is_running(), "the daemon exited:\n{}", d.log());
         fx.listing()
@@ -1244,8 +1181,8 @@ fn the_sd_notify_protocol_ready_status_watchdog_reloading_stopping() {
     let _dns = fx.dnsmasq(1, &[("n.test", "198.18.16.1")]);
     fx.config(&Cfg::default());
     fx.allowlist("n.test:443\n198.18.16.2\n");
-    let notify = NotifySocket::bind(&fx.dir);
-    let sock = notify.path.to_str().unwrap().to_string();
+    let notify = NotifySocket::bind(fx.dir.join("notify.sock"));
+    let sock = notify.path().to_str().unwrap().to_string();
     let mut d = fx.start_with(
         &[],
         &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],

@@ -35,7 +35,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use egress_core::status::Status;
 use testkit::{
-    require_root, sibling_binary, unique_name, wait_until, Daemon, Dnsmasq, Netns, POLL,
+    require_root, sibling_binary, unique_name, wait_until, Daemon, Dnsmasq, Netns, NotifySocket,
+    POLL,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
@@ -1301,45 +1302,6 @@ impl Lab {
     }
 }
 
-/// A NOTIFY_SOCKET in the fixture's config folder (read-only inside the
-/// sandbox, as /run/systemd/notify is under ProtectSystem=strict).
-struct Notify {
-    sock: UnixDatagram,
-    path: PathBuf,
-    seen: std::cell::RefCell<Vec<String>>,
-}
-
-impl Notify {
-    fn bind(root: &Root) -> Notify {
-        let path = root.join("etc/notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        sock.set_nonblocking(true).expect("nonblocking");
-        Notify {
-            sock,
-            path,
-            seen: Default::default(),
-        }
-    }
-
-    /// Every datagram so far.
-    fn seen(&self) -> Vec<String> {
-        let mut buf = [0u8; 4096];
-        let mut seen = self.seen.borrow_mut();
-        while let Ok(n) = self.sock.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        seen.clone()
-    }
-
-    /// How many datagrams carried the line `line`.
-    fn count(&self, line: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|m| m.lines().any(|l| l == line))
-            .count()
-    }
-}
-
 /// `NAME:\tVALUE` of /proc/PID/status.
 fn proc_status(pid: u32, field: &str) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
@@ -1398,7 +1360,9 @@ fn mount_options_of(pid: u32, path: &Path) -> String {
 fn the_daemon_works_under_the_units_sandbox() {
     let lab = Lab::new("sbx-run");
     let _dns = lab.dnsmasq();
-    let notify = Notify::bind(&lab.root);
+    // In the config folder: read-only inside the sandbox, as
+    // /run/systemd/notify is under ProtectSystem=strict.
+    let notify = NotifySocket::bind(lab.root.join("etc/notify.sock"));
 
     // The code's default socket lies in a folder the unit makes writable.
     let default_socket = egress_core::config::Config::default().control.socket;
@@ -1427,7 +1391,7 @@ fn the_daemon_works_under_the_units_sandbox() {
     let mut d = lab.start(
         &lab.spec,
         &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("NOTIFY_SOCKET", notify.path().to_str().unwrap()),
             // The unit's WatchdogSec is 30 s; a short one shows the pings.
             ("WATCHDOG_USEC", "1000000"),
         ],
@@ -1558,14 +1522,14 @@ fn the_daemon_works_under_the_units_sandbox() {
         "RELOADING=1 then READY=1 after ExecReload",
         Duration::from_secs(10),
         || notify.count("RELOADING=1") > reloading && notify.count("READY=1") > ready,
-        || format!("{:?}\n{}", notify.seen(), d.log()),
+        || format!("{}\n{}", notify.dump(), d.log()),
     );
 
     wait_until(
         "watchdog pings",
         Duration::from_secs(5),
         || notify.count("WATCHDOG=1") >= 2,
-        || format!("{:?}", notify.seen()),
+        || notify.dump(),
     );
 
     // KillSignal: exit 0, the rules stay.
