@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::lock::is_stale;
 use crate::netns::unique_name;
 
 /// A fresh folder under the system temp dir (`oct-PID-N-TAG`), mode 0755 so
@@ -15,7 +16,26 @@ pub struct TempDir {
 impl TempDir {
     /// Creates the folder.
     pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(unique_name(tag));
+        TempDir::create(&std::env::temp_dir(), tag)
+    }
+
+    /// Like [`TempDir::new`], in `base` rather than the temp dir (for a
+    /// folder a `PrivateTmp=` sandbox must still see, say). Folders of the
+    /// kit's form in `base` whose owner process is gone (left by killed
+    /// runs) are removed first.
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
+        if let Ok(dir) = std::fs::read_dir(base) {
+            for e in dir.flatten() {
+                if is_stale(&e.file_name().to_string_lossy()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        TempDir::create(base, tag)
+    }
+
+    fn create(base: &Path, tag: &str) -> TempDir {
+        let path = base.join(unique_name(tag));
         std::fs::create_dir(&path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))

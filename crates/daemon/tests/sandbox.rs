@@ -43,8 +43,7 @@ use std::time::{Duration, Instant};
 
 use egress_core::status::Status;
 use testkit::{
-    require_root, sibling_binary, unique_name, wait_until, Daemon, Dnsmasq, Netns, NotifySocket,
-    POLL,
+    require_root, sibling_binary, wait_until, Daemon, Dnsmasq, Netns, NotifySocket, TempDir, POLL,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
@@ -227,26 +226,20 @@ fn assert_every_directive_is_known(unit: &Unit) {
 /// `etc/` (its /etc/openclaw-egress), `run/` (its /run/openclaw-egress),
 /// `log/` (outside every unit path). Removed on drop.
 struct Root {
-    path: PathBuf,
+    dir: TempDir,
 }
 
 impl Root {
     fn new(tag: &str) -> Root {
-        remove_stale_roots();
-        let path = Path::new("/run").join(unique_name(tag));
-        std::fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        let root = Root { path };
+        let dir = TempDir::new_in(Path::new("/run"), tag);
         for d in ["bin", "etc", "run", "log"] {
-            std::fs::create_dir(root.path.join(d)).expect("create a fixture folder");
+            std::fs::create_dir(dir.join(d)).expect("create a fixture folder");
         }
-        std::fs::set_permissions(&root.path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the fixture");
-        root
+        Root { dir }
     }
 
     fn join(&self, p: &str) -> PathBuf {
-        self.path.join(p)
+        self.dir.join(p)
     }
 
     /// Maps a path of the unit to the fixture; panics on a path the test
@@ -264,10 +257,10 @@ impl Root {
         };
         for (from, to) in MAP {
             if let Some(rest) = unit_path.strip_prefix(from) {
-                return self.path.join(to).join(rest);
+                return self.join(to).join(rest);
             }
             if with_slash == *from {
-                return self.path.join(to.trim_end_matches('/'));
+                return self.join(to.trim_end_matches('/'));
             }
         }
         panic!(
@@ -297,32 +290,6 @@ impl Root {
                 }
             })
             .collect()
-    }
-}
-
-/// Removes fixture folders of earlier runs killed before their guards ran:
-/// names of the form `oct-PID-...` whose process is gone.
-fn remove_stale_roots() {
-    let Ok(dir) = std::fs::read_dir("/run") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let mut parts = name.splitn(3, '-');
-        if parts.next() != Some("oct") {
-            continue;
-        }
-        if let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
