@@ -53,11 +53,13 @@ impl TempDir {
         self.path.join(name)
     }
 
-    /// Writes `text` to `path()/name` (mode 0644) atomically (write to a
-    /// temporary name, then rename), and returns the path.
+    /// Writes `text` to `path()/name` (mode 0644; `name` may lead into a
+    /// subfolder) atomically (write to a temporary name beside it, then
+    /// rename), and returns the path.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let target = self.join(name);
-        let tmp = self.join(&format!(".{name}.tmp"));
+        let file = target.file_name().expect("a file name").to_string_lossy();
+        let tmp = target.with_file_name(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         std::fs::rename(&tmp, &target)

@@ -1231,11 +1231,7 @@ impl Lab {
 
     /// Writes a file of the config folder atomically (as editors do).
     fn write_etc(&self, name: &str, text: &str) {
-        let target = self.root.join("etc").join(name);
-        let tmp = self.root.join("etc").join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).expect("write a config file");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        std::fs::rename(&tmp, &target).expect("rename a config file");
+        self.root.dir.write(&format!("etc/{name}"), text);
     }
 
     fn dnsmasq(&self) -> Dnsmasq<'_> {
