@@ -12,6 +12,9 @@ use crate::tempdir::TempDir;
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 
+/// Where [`Dnsmasq::start_logged`] has dnsmasq log (queries included).
+const QUERY_LOG: &str = "queries.log";
+
 /// A dnsmasq (`/usr/sbin/dnsmasq`, Debian package dnsmasq-base) serving
 /// records from an addn-hosts file, authoritative for `.test` (unknown
 /// names there get NXDOMAIN; nothing is forwarded anywhere). Killed on drop.
@@ -36,6 +39,31 @@ impl<'a> Dnsmasq<'a> {
         ttl: u32,
         records: &[(&str, IpAddr)],
     ) -> Dnsmasq<'a> {
+        Self::launch(ns, listen, ttl, records, true, false)
+    }
+
+    /// Like [`Dnsmasq::start`], but logging every query it gets (counted
+    /// by [`Dnsmasq::queries`]), and, unless `authoritative`, without
+    /// `--local=/test/`: then a name without a record of the asked type is
+    /// REFUSED (nothing to forward to) rather than answered empty.
+    pub fn start_logged(
+        ns: &'a Netns,
+        listen: &[IpAddr],
+        ttl: u32,
+        records: &[(&str, IpAddr)],
+        authoritative: bool,
+    ) -> Dnsmasq<'a> {
+        Self::launch(ns, listen, ttl, records, authoritative, true)
+    }
+
+    fn launch(
+        ns: &'a Netns,
+        listen: &[IpAddr],
+        ttl: u32,
+        records: &[(&str, IpAddr)],
+        authoritative: bool,
+        log_queries: bool,
+    ) -> Dnsmasq<'a> {
         assert!(!listen.is_empty(), "dnsmasq needs a listen address");
         let dir = TempDir::new("dnsmasq");
         let hosts = dir.write("hosts", &hosts_text(records));
@@ -50,9 +78,15 @@ impl<'a> Dnsmasq<'a> {
             "--bind-interfaces".into(),
             format!("--local-ttl={ttl}"),
             format!("--addn-hosts={}", hosts.display()),
-            "--local=/test/".into(),
             format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
         ];
+        if authoritative {
+            args.push("--local=/test/".into());
+        }
+        if log_queries {
+            args.push("--log-queries".into());
+            args.push(format!("--log-facility={}", dir.join(QUERY_LOG).display()));
+        }
         args.extend(listen.iter().map(|a| format!("--listen-address={a}")));
         let child = ns.spawn(&args, Some(&log));
         let d = Dnsmasq {
@@ -76,9 +110,27 @@ impl<'a> Dnsmasq<'a> {
         self.child.lock().unwrap().pid()
     }
 
-    /// What dnsmasq printed so far.
+    /// Sends `signal` to dnsmasq (e.g. `libc::SIGSTOP` to make it stop
+    /// answering, `libc::SIGCONT` to resume); panics if it is gone.
+    pub fn signal(&self, signal: i32) {
+        self.child.lock().unwrap().signal(signal);
+    }
+
+    /// What dnsmasq printed and logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.join(QUERY_LOG)).unwrap_or_default()
+    }
+
+    /// How many `qtype` (`"A"`, `"AAAA"`) queries for `name` dnsmasq got so
+    /// far; only a [`Dnsmasq::start_logged`] one logs them.
+    pub fn queries(&self, qtype: &str, name: &str) -> usize {
+        let needle = format!("query[{qtype}] {name} ");
+        std::fs::read_to_string(self.dir.join(QUERY_LOG))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     /// The addn-hosts file.

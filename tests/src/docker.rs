@@ -759,25 +759,17 @@ pub struct Network<'d> {
     docker: &'d Docker,
     name: String,
     bridge: String,
-    extra_args: Vec<String>,
     subnet: Subnet,
 }
 
 impl<'d> Network<'d> {
     /// Creates the network `oct-PID-N-TAG`.
     pub fn create(docker: &'d Docker, tag: &str) -> Network<'d> {
-        Network::create_with(docker, tag, &[])
-    }
-
-    /// Like [`Network::create`], with more `docker network create`
-    /// arguments (`--internal`, `-o com.docker.network.bridge.enable_icc=false`, ...).
-    pub fn create_with(docker: &'d Docker, tag: &str, extra_args: &[&str]) -> Network<'d> {
         let subnet = Subnet::claim();
         let net = Network {
             docker,
             name: unique_name(tag),
             bridge: format!("oclb{}", subnet.index()),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             subnet,
         };
         net.create_now();
@@ -785,7 +777,7 @@ impl<'d> Network<'d> {
     }
 
     fn create_now(&self) {
-        let mut args: Vec<String> = vec![
+        let args: Vec<String> = vec![
             "network".into(),
             "create".into(),
             "--driver".into(),
@@ -796,9 +788,8 @@ impl<'d> Network<'d> {
             self.gateway().to_string(),
             "--opt".into(),
             format!("com.docker.network.bridge.name={}", self.bridge),
+            self.name.clone(),
         ];
-        args.extend(self.extra_args.iter().cloned());
-        args.push(self.name.clone());
         self.docker.ok(&args);
     }
 

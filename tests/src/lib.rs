@@ -48,28 +48,35 @@
 
 #![warn(missing_docs)]
 
+mod daemon;
 mod dns;
 mod dnsmasq;
 mod docker;
 mod lock;
 mod netns;
+mod nft;
+mod notify;
 mod probe;
 mod run;
 mod servers;
 mod tempdir;
 mod topology;
 mod upstream;
+mod wait;
 
+pub use daemon::{sibling_binary, Daemon};
 pub use dns::{query as dns_query, DnsReply, QType};
 pub use dnsmasq::Dnsmasq;
 pub use docker::{Container, Docker, Lookup, Network, TEST_IMAGE};
 pub use lock::Subnet;
 pub use netns::{require_root, unique_name, Netns, NsChild};
+pub use nft::nft_set_addresses;
+pub use notify::NotifySocket;
 pub use probe::{
     dns_tcp, dns_udp, run_probe, tcp, tcp_connect, udp, udp_roundtrip, Probe, Target, TargetKind,
     BLOCKED_TIMEOUT, PATIENT_TIMEOUT,
 };
-pub use run::Run;
+pub use run::{error_locations, Run};
 pub use servers::{Servers, Transport, STANDARD_TCP_PORTS, STANDARD_UDP_PORTS};
 pub use tempdir::TempDir;
 pub use topology::{
@@ -77,6 +84,7 @@ pub use topology::{
     ROUTER_IN_V4, ROUTER_IN_V6, ROUTER_OUT_V4, ROUTER_OUT_V6, SERVER_V4, SERVER_V6,
 };
 pub use upstream::{Upstream, UPSTREAM_SERVICES, UPSTREAM_TCP_PORTS, UPSTREAM_UDP_PORTS};
+pub use wait::{assert_holds, wait_for, wait_until, POLL};
 
 /// errno values a [`Probe::Unreachable`] carries, re-exported so tests need
 /// no `libc` of their own.

@@ -252,17 +252,6 @@ impl Netns {
         self.run(|| run_probe(target, timeout))
     }
 
-    /// Probes every target concurrently (one thread each, all inside this
-    /// namespace), so blocked probes cost one timeout in all, not one each.
-    pub fn probe_all(&self, targets: &[Target], timeout: Duration) -> Vec<Probe> {
-        let timed: Vec<(&Target, Duration)> = targets.iter().map(|t| (t, timeout)).collect();
-        self.probe_each(&timed)
-    }
-
-    fn probe_each(&self, targets: &[(&Target, Duration)]) -> Vec<Probe> {
-        probe_each_in(&self.path(), targets)
-    }
-
     /// Probes every target concurrently and panics, with a table of every
     /// probe (mismatches marked), unless each ended as expected.
     ///

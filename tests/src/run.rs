@@ -2,6 +2,7 @@
 //! both streams when they fail.
 
 use std::fmt;
+use std::path::Path;
 use std::process::Output;
 
 /// A finished command run.
@@ -54,5 +55,39 @@ impl Run {
     pub fn stderr_has(&self, s: &str) -> &Run {
         assert!(self.stderr.contains(s), "stderr lacks {s:?}:\n{self}");
         self
+    }
+}
+
+/// `(line, col)` of the `PATH:LINE:COL: message` lines of `text` about
+/// `path` (how the binaries point at an error in a config or allowlist).
+pub fn error_locations(text: &str, path: &Path) -> Vec<(usize, usize)> {
+    let path = path.to_str().expect("a UTF-8 path");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(path)?.strip_prefix(':'))
+        .filter_map(|rest| {
+            let mut it = rest.splitn(3, ':');
+            let line = it.next()?.parse().ok()?;
+            let col = it.next()?.parse().ok()?;
+            it.next()?.strip_prefix(' ')?;
+            Some((line, col))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_read_from_the_lines_about_the_path_only() {
+        let text = "/e/a.conf:3:7: bad entry\n\
+                    /e/a.conf.bak:1:1: other file\n\
+                    /e/a.conf:12:1: another\n\
+                    /e/a.conf:x:1: not a number\n\
+                    note: /e/a.conf:4:4: not at the start\n";
+        assert_eq!(
+            error_locations(text, Path::new("/e/a.conf")),
+            vec![(3, 7), (12, 1)]
+        );
     }
 }

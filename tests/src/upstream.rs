@@ -125,12 +125,6 @@ impl Upstream {
         self.subnet.addr(54)
     }
 
-    /// The lab host's address on the link (`.1`): what the servers see as
-    /// the client of masqueraded container traffic.
-    pub fn host_addr(&self) -> Ipv4Addr {
-        self.subnet.addr(1)
-    }
-
     /// The link's name in the lab host (`ocluN`).
     pub fn link(&self) -> &str {
         &self.link

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use testkit::{
-    dns_query, dns_tcp, dns_udp, errno, require_root, tcp, udp, Dnsmasq, Netns, Probe, QType,
-    Servers, Topology, Transport, BLOCKED_TIMEOUT, DNS_V4, DNS_V6, ROUTER_IN_V4,
+    dns_query, dns_tcp, dns_udp, errno, require_root, tcp, udp, wait_until, Dnsmasq, Netns, Probe,
+    QType, Servers, Topology, Transport, BLOCKED_TIMEOUT, DNS_V4, DNS_V6, ROUTER_IN_V4,
 };
 
 const T: Duration = Duration::from_secs(2);
@@ -135,16 +135,14 @@ fn namespaces_go_away_on_drop_even_after_a_panic() {
     // The leaked child was killed by the namespace (its zombie may remain,
     // unreaped, since its guard was forgotten).
     // SIGKILL takes effect when the process is next scheduled: wait for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if status.is_empty() || status.contains("State:\tZ") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the leaked child still runs:\n{status}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    wait_until(
+        "the leaked child to be killed",
+        Duration::from_secs(5),
+        || {
+            let s = status();
+            s.is_empty() || s.contains("State:\tZ")
+        },
+        status,
+    );
 }

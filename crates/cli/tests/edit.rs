@@ -400,11 +400,7 @@ fn allow_and_remove_with_apply_load_the_table() {
         Run::from(ns.exec(all))
     };
     let listing = || ns.exec_ok(["nft", "list", "table", "inet", &table]);
-    let exists = || {
-        ns.exec(["nft", "list", "table", "inet", &table])
-            .status
-            .success()
-    };
+    let exists = || ns.nft_table(&table).is_some();
     assert!(!exists(), "table present before any apply");
 
     run_in_ns(&["allow", "198.18.1.20:8443", "--apply"])

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use egress_firewall::pf::testing::{FakePf, APPLE_PF_CONF};
+use egress_firewall::sim as pf_sim;
 use testkit::TempDir;
 
 const CLI: &str = env!("CARGO_BIN_EXE_openclaw-egress");
@@ -58,7 +59,7 @@ impl Sim {
     }
 
     fn state_file(&self) -> PathBuf {
-        self.pf().join("pf-state.json")
+        pf_sim::state_file(&self.pf())
     }
 
     fn state(&self) -> FakePf {
@@ -80,7 +81,7 @@ impl Sim {
             .arg("--config")
             .arg(self.dir.join("egressd.toml"))
             .args(args)
-            .env("OPENCLAW_EGRESS_PF_SIM", self.pf())
+            .env(pf_sim::ENV, self.pf())
             .env_remove("DOCKER_HOST")
             .output()
             .unwrap();

@@ -9,26 +9,14 @@ use std::thread::JoinHandle;
 use egress_core::status::{
     AddressStatus, ApplyStatus, ConfigError, Counters, EntryStatus, Status, STATUS_FORMAT,
 };
+use testkit::TempDir;
 
-fn test_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(format!(
-        "/tmp/openclaw-egress-status-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A config whose `[control] socket` is `socket`.
-fn config(dir: &Path, socket: &Path) -> PathBuf {
-    let p = dir.join("egressd.toml");
-    std::fs::write(
-        &p,
-        format!("[control]\nsocket = \"{}\"\n", socket.display()),
+/// A config in `dir` whose `[control] socket` is `socket`.
+fn config(dir: &TempDir, socket: &Path) -> PathBuf {
+    dir.write(
+        "egressd.toml",
+        &format!("[control]\nsocket = \"{}\"\n", socket.display()),
     )
-    .unwrap();
-    p
 }
 
 /// Answers one connection with `answer`; returns the request line.
@@ -104,7 +92,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn healthy_daemon_exits_0() {
-    let dir = test_dir("ok");
+    let dir = TempDir::new("status-ok");
     let sock = dir.join("control.sock");
     let cfg = config(&dir, &sock);
     let daemon = fake_daemon(&sock, serde_json::to_string(&status()).unwrap());
@@ -123,12 +111,11 @@ fn healthy_daemon_exits_0() {
     assert!(stdout.contains("\n   1  example.com:443\n        host example.com, next refresh in 30s\n        192.0.2.1 "));
     assert!(stdout.contains(" in 1m30s\n"));
     assert!(!stdout.contains("CONFIG ERROR"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn json_is_the_status_as_received() {
-    let dir = test_dir("json");
+    let dir = TempDir::new("status-json");
     let sock = dir.join("control.sock");
     let cfg = config(&dir, &sock);
     let daemon = fake_daemon(&sock, serde_json::to_string(&status()).unwrap());
@@ -139,12 +126,11 @@ fn json_is_the_status_as_received() {
     assert_eq!(back, status());
     // Pretty-printed.
     assert!(text(&out.stdout).starts_with("{\n  \"format\": 1,\n"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn config_error_exits_1_and_still_prints_everything() {
-    let dir = test_dir("config-error");
+    let dir = TempDir::new("status-config-error");
     let sock = dir.join("control.sock");
     let cfg = config(&dir, &sock);
     let mut s = status();
@@ -170,12 +156,11 @@ fn config_error_exits_1_and_still_prints_everything() {
             assert!(stdout.contains("\n   1  example.com:443\n"));
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn unreachable_daemon_exits_4_and_says_why() {
-    let dir = test_dir("unreachable");
+    let dir = TempDir::new("status-unreachable");
     let sock = dir.join("control.sock");
     let cfg = config(&dir, &sock);
 
@@ -216,5 +201,4 @@ fn unreachable_daemon_exits_4_and_says_why() {
         )),
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

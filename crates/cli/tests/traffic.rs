@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 use testkit::errno::{EACCES, EHOSTUNREACH};
 use testkit::{
-    dns_tcp, dns_udp, require_root, tcp, udp, Dnsmasq, Netns, Probe, Run, Servers, Target, TempDir,
-    Topology, Transport, BLOCKED_TIMEOUT, DNS_V4, DNS_V6, ROUTER_IN_V4, ROUTER_OUT_V4,
+    dns_tcp, dns_udp, error_locations, require_root, tcp, udp, Dnsmasq, Netns, Probe, Run, Servers,
+    Target, TempDir, Topology, Transport, BLOCKED_TIMEOUT, DNS_V4, DNS_V6, ROUTER_IN_V4,
+    ROUTER_OUT_V4,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_openclaw-egress");
@@ -111,10 +112,7 @@ impl<'a> Cli<'a> {
     }
 
     fn table_exists(&self) -> bool {
-        self.router
-            .exec(["nft", "list", "table", "inet", &self.table])
-            .status
-            .success()
+        self.router.nft_table(&self.table).is_some()
     }
 }
 
@@ -668,21 +666,6 @@ fn reapply_says_no_change_and_plan_shows_exactly_the_edit() {
     assert_eq!(plan.stdout, "0 added, 0 removed, 0 refreshed\n", "{plan}");
 }
 
-/// `PATH:LINE:COL` prefixes of the error lines of `stderr`, as
-/// `(line, col)`, for lines about `path`.
-fn locations(stderr: &str, path: &str) -> Vec<(usize, usize)> {
-    stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix(path)?.strip_prefix(':'))
-        .filter_map(|rest| {
-            let mut it = rest.splitn(3, ':');
-            let line = it.next()?.parse().ok()?;
-            let col = it.next()?.parse().ok()?;
-            Some((line, col))
-        })
-        .collect()
-}
-
 #[test]
 fn check_on_a_broken_allowlist_exits_1_and_prints_every_error_with_its_location() {
     let (topo, _servers) = setup("check");
@@ -704,7 +687,7 @@ fn check_on_a_broken_allowlist_exits_1_and_prints_every_error_with_its_location(
     let r = cli.run("check");
     r.expect_code(1);
     let path = cli.allowlist_path();
-    let locs = locations(&r.stderr, path.to_str().unwrap());
+    let locs = error_locations(&r.stderr, &path);
     let lines: Vec<usize> = locs.iter().map(|(l, _)| *l).collect();
     assert_eq!(lines, vec![3, 4, 5, 6], "one error per broken line:\n{r}");
     assert!(locs.iter().all(|(_, c)| *c >= 1), "{r}");
@@ -715,7 +698,7 @@ fn check_on_a_broken_allowlist_exits_1_and_prints_every_error_with_its_location(
     assert!(!cli.table_exists());
     let r = cli.run("apply");
     r.expect_code(1);
-    assert_eq!(locations(&r.stderr, path.to_str().unwrap()).len(), 4, "{r}");
+    assert_eq!(error_locations(&r.stderr, &path).len(), 4, "{r}");
     assert!(!cli.table_exists(), "apply loaded a broken allowlist");
 }
 

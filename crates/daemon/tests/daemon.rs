@@ -17,79 +17,24 @@ use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use egress_core::status::{EntryStatus, Status};
-use testkit::{dns_query, require_root, Dnsmasq, Netns, NsChild, QType, TempDir, Transport};
+use testkit::{
+    assert_holds, dns_query, error_locations, nft_set_addresses, require_root, sibling_binary,
+    wait_for, wait_until, Daemon, Dnsmasq, Netns, NotifySocket, QType, TempDir, Transport, POLL,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
 
-/// Poll interval of every wait.
-const POLL: Duration = Duration::from_millis(50);
-
-/// The `openclaw-egress` CLI, built into the same folder as the daemon.
+/// The `openclaw-egress` CLI (these tests run `openclaw-egress status`).
 fn cli_bin() -> PathBuf {
-    let daemon = Path::new(DAEMON);
-    let cli = daemon
-        .parent()
-        .expect("the daemon binary has a folder")
-        .join("openclaw-egress");
-    assert!(
-        cli.is_file(),
-        "the CLI binary {} is missing: these tests run `openclaw-egress status`; build it \
-         first (`cargo build -p openclaw-egress` with the same CARGO_TARGET_DIR, or run \
-         `cargo test --workspace`)",
-        cli.display()
-    );
-    cli
-}
-
-// ---------------------------------------------------------------- waiting
-
-/// Polls `f` until it gives `Some`, for at most `limit`; panics with `what`
-/// and the last `detail` otherwise.
-#[track_caller]
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        std::thread::sleep(POLL);
-    }
-}
-
-/// Polls `f` until true, for at most `limit`; `detail` explains a failure.
-#[track_caller]
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> bool,
-    detail: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {limit:?} waiting for: {what}\n{}",
-                detail()
-            );
-        }
-        std::thread::sleep(POLL);
-    }
+    sibling_binary(DAEMON, "openclaw-egress")
 }
 
 fn secs(n: u64) -> Duration {
@@ -190,11 +135,18 @@ impl Fixture {
 
     /// testkit's dnsmasq on 127.0.0.1:53 (authoritative for `.test`).
     fn dnsmasq(&self, ttl: u32, records: &[(&str, &str)]) -> Dnsmasq<'_> {
-        let records: Vec<(&str, IpAddr)> = records
-            .iter()
-            .map(|(n, a)| (*n, a.parse().unwrap()))
-            .collect();
-        Dnsmasq::start(&self.ns, &[IpAddr::V4(Ipv4Addr::LOCALHOST)], ttl, &records)
+        Dnsmasq::start(&self.ns, &LOCALHOST, ttl, &parsed(records))
+    }
+
+    /// Like [`Fixture::dnsmasq`], counting queries, and REFUSING names
+    /// it has no record of the asked type for unless `authoritative`.
+    fn logged_dnsmasq(
+        &self,
+        ttl: u32,
+        records: &[(&str, &str)],
+        authoritative: bool,
+    ) -> Dnsmasq<'_> {
+        Dnsmasq::start_logged(&self.ns, &LOCALHOST, ttl, &parsed(records), authoritative)
     }
 
     fn start(&self) -> Daemon {
@@ -204,13 +156,6 @@ impl Fixture {
     /// Starts the daemon in the namespace with extra arguments and
     /// environment; its stderr and stdout go to `daemon.log`.
     fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let log = self.dir.join("daemon.log");
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the daemon log");
-        let f2 = f.try_clone().expect("dup the daemon log");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns.name(), DAEMON, "--config"])
             .arg(self.config_path())
@@ -220,19 +165,9 @@ impl Fixture {
             .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
             .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(f2);
+            .envs(env.iter().copied());
         // `ip netns exec` execs the program: the child's pid is the daemon's.
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Daemon {
-            child,
-            log,
-            exited: None,
-        }
+        Daemon::spawn(&mut cmd, &self.dir.join("daemon.log"))
     }
 
     /// Runs the daemon to completion (for configs it must refuse).
@@ -249,10 +184,7 @@ impl Fixture {
 
     /// `nft list table inet TABLE` in the namespace, `None` if absent.
     fn listing(&self) -> Option<String> {
-        let out = self.ns.exec(["nft", "list", "table", "inet", &self.table]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        self.ns.nft_table(&self.table)
     }
 
     fn table_exists(&self) -> bool {
@@ -262,7 +194,7 @@ impl Fixture {
     /// The addresses in the table's sets (empty when the table is absent).
     fn elements(&self) -> BTreeSet<String> {
         self.listing()
-            .map(|l| parse_elements(&l))
+            .map(|l| nft_set_addresses(&l))
             .unwrap_or_default()
     }
 
@@ -381,22 +313,14 @@ impl Fixture {
     }
 }
 
-/// The first component (the address) of every element of every set.
-fn parse_elements(listing: &str) -> BTreeSet<String> {
-    const START: &str = "elements = {";
-    let mut out = BTreeSet::new();
-    let mut rest = listing;
-    while let Some(i) = rest.find(START) {
-        let after = &rest[i + START.len()..];
-        let end = after.find('}').unwrap_or(after.len());
-        for el in after[..end].split(',') {
-            if let Some(tok) = el.split_whitespace().next() {
-                out.insert(tok.to_string());
-            }
-        }
-        rest = &after[end..];
-    }
-    out
+const LOCALHOST: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+
+/// `(name, address)` records with the addresses parsed.
+fn parsed<'r>(records: &[(&'r str, &str)]) -> Vec<(&'r str, IpAddr)> {
+    records
+        .iter()
+        .map(|(n, a)| (*n, a.parse().unwrap()))
+        .collect()
 }
 
 /// The status of the entry whose text is `text`.
@@ -412,150 +336,7 @@ fn addresses(e: &EntryStatus) -> BTreeSet<String> {
     e.addresses.iter().map(|a| a.address.clone()).collect()
 }
 
-/// The daemon process; SIGKILLed and reaped on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Daemon {
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        if self.exited.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(None) => true,
-            Ok(Some(st)) => {
-                self.exited = Some(st);
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    #[track_caller]
-    fn signal(&mut self, sig: i32) {
-        assert!(
-            self.is_running(),
-            "the daemon has exited ({:?}); its log:\n{}",
-            self.exited,
-            self.log()
-        );
-        // SAFETY: plain syscall; the child was not reaped (try_wait just said
-        // it runs), so the pid still names it.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-
-    /// Waits for the exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if !self.is_running() {
-                return self.exited;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ------------------------------------------------------- DNS of our own
-
-/// dnsmasq with `--log-queries` into a file (to count queries), optionally
-/// without `--local=/test/` (then names it has no record of the asked type
-/// for are REFUSED).
-struct LoggedDnsmasq<'a> {
-    _child: NsChild<'a>,
-    dir: TempDir,
-}
-
-impl<'a> LoggedDnsmasq<'a> {
-    fn start(ns: &'a Netns, ttl: u32, records: &[(&str, &str)], local: bool) -> Self {
-        let dir = TempDir::new("qdns");
-        let hosts: String = records.iter().map(|(n, a)| format!("{a} {n}\n")).collect();
-        let hosts = dir.write("hosts", &hosts);
-        let mut args = vec![
-            "/usr/sbin/dnsmasq".to_string(),
-            "--no-daemon".into(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--port=53".into(),
-            "--bind-interfaces".into(),
-            "--listen-address=127.0.0.1".into(),
-            format!("--local-ttl={ttl}"),
-            format!("--addn-hosts={}", hosts.display()),
-            "--log-queries".into(),
-            format!("--log-facility={}", dir.join("queries.log").display()),
-            format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
-        ];
-        if local {
-            args.push("--local=/test/".into());
-        }
-        let child = ns.spawn(&args, Some(&dir.join("dnsmasq.out")));
-        let d = LoggedDnsmasq { _child: child, dir };
-        for (name, addr) in records {
-            let addr: IpAddr = addr.parse().unwrap();
-            let qtype = if addr.is_ipv4() {
-                QType::A
-            } else {
-                QType::Aaaa
-            };
-            wait_until(
-                &format!("dnsmasq serves {name}"),
-                secs(10),
-                || {
-                    ns.run(|| {
-                        dns_query(
-                            SocketAddr::from((Ipv4Addr::LOCALHOST, 53)),
-                            name,
-                            qtype,
-                            Transport::Udp,
-                            Duration::from_millis(300),
-                        )
-                    })
-                    .is_ok_and(|r| r.addrs.contains(&addr))
-                },
-                || d.log(),
-            );
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("queries.log")).unwrap_or_default()
-            + &std::fs::read_to_string(self.dir.join("dnsmasq.out")).unwrap_or_default()
-    }
-
-    /// How many `qtype` queries for `name` dnsmasq logged.
-    fn count(&self, qtype: &str, name: &str) -> usize {
-        let needle = format!("query[{qtype}] {name} ");
-        std::fs::read_to_string(self.dir.join("queries.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .count()
-    }
-}
 
 /// A DNS server of the test's own on 127.0.0.1:53 in a namespace: answers
 /// every A query with `addr` (TTL 60) after `delay`, every other query at
@@ -640,68 +421,6 @@ impl Drop for SlowDns {
     }
 }
 
-// ------------------------------------------------------------ sd-notify
-
-/// A NOTIFY_SOCKET: a datagram socket whose messages a thread collects.
-struct NotifySocket {
-    path: PathBuf,
-    msgs: Arc<Mutex<Vec<(Instant, String)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &TempDir) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let msgs = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m2, s2) = (msgs.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    m2.lock().unwrap().push((Instant::now(), text));
-                }
-            }
-        });
-        NotifySocket {
-            path,
-            msgs,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn all(&self) -> Vec<(Instant, String)> {
-        self.msgs.lock().unwrap().clone()
-    }
-
-    /// Messages (datagrams) holding the line `line`.
-    fn with_line(&self, line: &str) -> Vec<(Instant, String)> {
-        self.all()
-            .into_iter()
-            .filter(|(_, m)| m.lines().any(|l| l == line))
-            .collect()
-    }
-
-    fn dump(&self) -> String {
-        self.all().iter().map(|(_, m)| format!("{m:?}\n")).collect()
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// True when `s` reads "N entries, M addresses, next refresh Xs, E errors"
 /// (or "no refresh scheduled" in place of the refresh).
 fn is_summary(s: &str) -> bool {
@@ -730,21 +449,6 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
-/// `(line, col)` of the `PATH:LINE:COL: ` lines of `text` about `path`.
-fn locations(text: &str, path: &Path) -> Vec<(usize, usize)> {
-    let path = path.to_str().unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix(path)?.strip_prefix(':'))
-        .filter_map(|rest| {
-            let mut it = rest.splitn(3, ':');
-            let line = it.next()?.parse().ok()?;
-            let col = it.next()?.parse().ok()?;
-            it.next()?.strip_prefix(' ')?;
-            Some((line, col))
-        })
-        .collect()
-}
-
 // ================================================================= tests
 
 #[test]
@@ -759,7 +463,7 @@ fn an_invalid_config_or_allowlist_at_start_exits_non_zero_with_every_error_locat
     std::fs::write(fx.config_path(), &text).unwrap();
     let (st, log) = fx.run_daemon_to_exit();
     assert!(!st.success(), "the daemon accepted a broken config:\n{log}");
-    let locs = locations(&log, &fx.config_path());
+    let locs = error_locations(&log, &fx.config_path());
     let lines: Vec<usize> = locs.iter().map(|(l, _)| *l).collect();
     assert_eq!(
         lines,
@@ -781,7 +485,7 @@ fn an_invalid_config_or_allowlist_at_start_exits_non_zero_with_every_error_locat
         !st.success(),
         "the daemon accepted a broken allowlist:\n{log}"
     );
-    let lines: Vec<usize> = locations(&log, &fx.allowlist_path())
+    let lines: Vec<usize> = error_locations(&log, &fx.allowlist_path())
         .iter()
         .map(|(l, _)| *l)
         .collect();
@@ -802,9 +506,9 @@ fn the_table_is_closed_before_the_first_answer_and_ready_follows_the_first_apply
         ..Cfg::default()
     });
     fx.allowlist("slow.test:443\n198.18.1.9\n");
-    let notify = NotifySocket::bind(&fx.dir);
+    let notify = NotifySocket::bind(fx.dir.join("notify.sock"));
     let t0 = Instant::now();
-    let mut d = fx.start_with(&[], &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+    let mut d = fx.start_with(&[], &[("NOTIFY_SOCKET", notify.path().to_str().unwrap())]);
     let listing = wait_for("the table to be loaded", secs(10), || {
         assert!(d.is_running(), "the daemon exited:\n{}", d.log());
         fx.listing()
@@ -821,7 +525,11 @@ fn the_table_is_closed_before_the_first_answer_and_ready_follows_the_first_apply
         "{listing}"
     );
     assert!(listing.contains("reject"), "{listing}");
-    assert_eq!(parse_elements(&listing), set(&["198.18.1.9"]), "{listing}");
+    assert_eq!(
+        nft_set_addresses(&listing),
+        set(&["198.18.1.9"]),
+        "{listing}"
+    );
     let s = fx.wait_status(&mut d);
     assert_eq!(s.firewall, format!("table inet {}", fx.table));
     assert!(
@@ -880,14 +588,13 @@ fn a_rotated_address_is_added_and_the_old_one_expires_after_grace() {
         let addrs = addresses(entry(&s, "rot.test:443"));
         assert!(addrs.contains("198.18.5.6"), "{s:#?}");
     }
-    while changed.elapsed() < Duration::from_millis(1500) {
-        assert!(
-            fx.has("198.18.5.5"),
-            "the old address was dropped {:?} after the change, before its grace ran out",
-            changed.elapsed()
-        );
-        std::thread::sleep(POLL);
-    }
+    assert_holds(
+        "the old address, until its grace runs out,",
+        changed,
+        Duration::from_millis(1500),
+        || fx.has("198.18.5.5"),
+        || fx.explain(&d),
+    );
     fx.wait_absent("198.18.5.5", secs(10), &d);
     let s = fx.status();
     assert_eq!(
@@ -901,8 +608,7 @@ fn a_rotated_address_is_added_and_the_old_one_expires_after_grace() {
 #[test]
 fn a_long_ttl_is_not_asked_early_and_sighup_asks_every_host_again() {
     let fx = Fixture::new("longttl");
-    let dns = LoggedDnsmasq::start(
-        &fx.ns,
+    let dns = fx.logged_dnsmasq(
         3600,
         &[("one.test", "198.18.3.1"), ("two.test", "198.18.3.2")],
         true,
@@ -912,7 +618,7 @@ fn a_long_ttl_is_not_asked_early_and_sighup_asks_every_host_again() {
         ..Cfg::default()
     });
     fx.allowlist("one.test:443\ntwo.test\n");
-    let base = |q: &str, n: &str| dns.count(q, n);
+    let base = |q: &str, n: &str| dns.queries(q, n);
     let b1 = base("A", "one.test");
     let b2 = base("A", "two.test");
     let mut d = fx.start();
@@ -920,10 +626,10 @@ fn a_long_ttl_is_not_asked_early_and_sighup_asks_every_host_again() {
     fx.wait_present("198.18.3.2", secs(10), &d);
     let counts = || {
         [
-            dns.count("A", "one.test") - b1,
-            dns.count("AAAA", "one.test"),
-            dns.count("A", "two.test") - b2,
-            dns.count("AAAA", "two.test"),
+            dns.queries("A", "one.test") - b1,
+            dns.queries("AAAA", "one.test"),
+            dns.queries("A", "two.test") - b2,
+            dns.queries("AAAA", "two.test"),
         ]
     };
     wait_until(
@@ -1020,8 +726,7 @@ fn edits_in_place_by_rename_and_by_symlink_swap_are_enforced() {
     // 4. A literal address does not wait for DNS: with the server frozen,
     // an edit adding a hostname and an address enforces the address while
     // the hostname's query is still pending (timeout 5 s).
-    // SAFETY: plain syscall on dnsmasq's pid (alive: Dnsmasq owns its guard).
-    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGSTOP) }, 0);
+    dns.signal(libc::SIGSTOP);
     let mut f = OpenOptions::new()
         .append(true)
         .open(fx.dir.join("v2").join("list.conf"))
@@ -1035,8 +740,7 @@ fn edits_in_place_by_rename_and_by_symlink_swap_are_enforced() {
         e3.addresses.is_empty() && e3.last_error.is_none(),
         "the literal address waited for the hostname's DNS query: {e3:#?}"
     );
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGCONT) }, 0);
+    dns.signal(libc::SIGCONT);
 }
 
 #[test]
@@ -1096,7 +800,7 @@ fn a_malformed_edit_keeps_the_old_rules_and_is_reported_until_fixed() {
         s.config_error.is_some().then_some(s)
     });
     let msgs = s.config_error.as_ref().unwrap().messages.join("\n");
-    let lines: Vec<usize> = locations(&msgs, &fx.allowlist_path())
+    let lines: Vec<usize> = error_locations(&msgs, &fx.allowlist_path())
         .iter()
         .map(|(l, _)| *l)
         .collect();
@@ -1138,7 +842,7 @@ fn a_malformed_edit_keeps_the_old_rules_and_is_reported_until_fixed() {
     });
     let msgs = s.config_error.as_ref().unwrap().messages.join("\n");
     assert_eq!(
-        locations(&msgs, &fx.config_path())
+        error_locations(&msgs, &fx.config_path())
             .iter()
             .map(|(l, _)| *l)
             .collect::<Vec<_>>(),
@@ -1172,21 +876,18 @@ fn while_dns_is_down_addresses_are_served_stale_then_expire_and_come_back() {
     std::thread::sleep(secs(2)); // a few refreshes
     fx.wait_present("198.18.9.1", secs(1), &d);
 
-    // SAFETY: plain syscall on dnsmasq's pid (alive: Dnsmasq owns its guard).
-    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGSTOP) }, 0);
+    dns.signal(libc::SIGSTOP);
     let down = Instant::now();
     // Without serve-stale it would be gone by down + 1 s TTL + 2 s grace;
     // the last good answer is at most ~1 s old, so serve-stale keeps it
     // until at least down + 7 s.
-    while down.elapsed() < Duration::from_millis(4500) {
-        assert!(
-            fx.has("198.18.9.1"),
-            "the address was dropped {:?} after DNS went down (serve_stale 8s):\n{}",
-            down.elapsed(),
-            fx.explain(&d)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_holds(
+        "the address, served stale (serve_stale 8s) after DNS went down,",
+        down,
+        Duration::from_millis(4500),
+        || fx.has("198.18.9.1"),
+        || fx.explain(&d),
+    );
     let s = fx.status();
     let e = entry(&s, "st.test:443");
     assert!(
@@ -1204,8 +905,7 @@ fn while_dns_is_down_addresses_are_served_stale_then_expire_and_come_back() {
     );
 
     // DNS back: the address returns (retry backoff is at most 8 s by now).
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGCONT) }, 0);
+    dns.signal(libc::SIGCONT);
     fx.wait_present("198.18.9.1", secs(20), &d);
     let s = fx.status();
     assert!(entry(&s, "st.test:443").last_error.is_none(), "{s:#?}");
@@ -1228,14 +928,13 @@ fn after_nxdomain_the_address_expires_and_the_name_is_asked_again_after_negative
     let gone = Instant::now();
     // Allowed until at least the removal - 1 s + 1 s TTL + 4 s grace - 1 s
     // (refresh slack).
-    while gone.elapsed() < Duration::from_millis(1500) {
-        assert!(
-            fx.has("198.18.7.7"),
-            "dropped {:?} after NXDOMAIN, before grace",
-            gone.elapsed()
-        );
-        std::thread::sleep(POLL);
-    }
+    assert_holds(
+        "the address, after NXDOMAIN until its grace runs out,",
+        gone,
+        Duration::from_millis(1500),
+        || fx.has("198.18.7.7"),
+        || fx.explain(&d),
+    );
     fx.wait_absent("198.18.7.7", secs(10), &d);
     assert_eq!(fx.elements(), set(&["198.18.7.1"]));
     // The status follows (the kernel may close up to 1 s of refresh slack
@@ -1265,7 +964,7 @@ fn a_failing_aaaa_query_does_not_close_the_a_address() {
     let fx = Fixture::new("aaaa");
     // Without --local dnsmasq answers A from its hosts file and REFUSES
     // AAAA for the name.
-    let dns = LoggedDnsmasq::start(&fx.ns, 1, &[("v4only.test", "198.18.2.4")], false);
+    let dns = fx.logged_dnsmasq(1, &[("v4only.test", "198.18.2.4")], false);
     let refused = fx.ns.run(|| {
         dns_query(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 53)),
@@ -1302,12 +1001,14 @@ fn a_failing_aaaa_query_does_not_close_the_a_address() {
     );
     assert_eq!(addresses(e), set(&["198.18.2.4"]), "{e:#?}");
     // Well past TTL + grace, the A address stays.
-    let t = Instant::now();
-    while t.elapsed() < secs(4) {
-        assert!(fx.has("198.18.2.4"), "{}", fx.explain(&d));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(dns.count("A", "v4only.test") >= 3, "{}", dns.log());
+    assert_holds(
+        "the A address, well past TTL + grace,",
+        Instant::now(),
+        secs(4),
+        || fx.has("198.18.2.4"),
+        || fx.explain(&d),
+    );
+    assert!(dns.queries("A", "v4only.test") >= 3, "{}", dns.log());
     let human = String::from_utf8_lossy(&fx.status_cmd(false).stdout).into_owned();
     assert!(human.contains("1 errors"), "{human}");
 }
@@ -1335,7 +1036,7 @@ fn a_burst_of_a_thousand_sighups_is_survived_and_coalesced() {
     let pid = d.pid();
     for _ in 0..1000 {
         // SAFETY: plain syscall; the daemon is our unreaped child.
-        let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
     let t = Instant::now();
@@ -1480,8 +1181,8 @@ fn the_sd_notify_protocol_ready_status_watchdog_reloading_stopping() {
     let _dns = fx.dnsmasq(1, &[("n.test", "198.18.16.1")]);
     fx.config(&Cfg::default());
     fx.allowlist("n.test:443\n198.18.16.2\n");
-    let notify = NotifySocket::bind(&fx.dir);
-    let sock = notify.path.to_str().unwrap().to_string();
+    let notify = NotifySocket::bind(fx.dir.join("notify.sock"));
+    let sock = notify.path().to_str().unwrap().to_string();
     let mut d = fx.start_with(
         &[],
         &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
@@ -1624,14 +1325,12 @@ fn sigusr1_logs_a_state_dump() {
 //
 // The macOS path on Linux: the daemon (a debug build) drives the pf backend
 // with `pfctl` and `ifconfig` being itself acting as `FakePf`, whose state
-// is a JSON file the test reads and edits (see crates/daemon/src/pf_sim.rs).
+// is a JSON file the test reads and edits (see crates/firewall/src/sim.rs).
 // What this proves is the daemon's side of pf: what it asks of pfctl and
 // when. Whether a real pfctl accepts it is for a Mac (docs/macos.md).
 
 use egress_firewall::pf::testing::{FakePf, APPLE_PF_CONF};
-
-const PF_SIM_ENV: &str = "OPENCLAW_EGRESS_PF_SIM";
-const PF_SIM_POLL_ENV: &str = "OPENCLAW_EGRESS_PF_SIM_POLL_MS";
+use egress_firewall::sim as pf_sim;
 
 /// A simulated Mac: the fake's programs, pf.conf and state.
 struct PfSim {
@@ -1659,7 +1358,7 @@ impl PfSim {
     }
 
     fn state_file(&self) -> PathBuf {
-        self.dir.join("pf-state.json")
+        pf_sim::state_file(&self.dir)
     }
 
     /// Changes the fake's state as someone else on the Mac would.
@@ -1683,7 +1382,7 @@ impl PfSim {
     fn start(&self, fx: &Fixture, poll_ms: u64, args: &[&str]) -> Daemon {
         let dir = self.dir.display().to_string();
         let poll = poll_ms.to_string();
-        fx.start_with(args, &[(PF_SIM_ENV, &dir), (PF_SIM_POLL_ENV, &poll)])
+        fx.start_with(args, &[(pf_sim::ENV, &dir), (pf_sim::POLL_ENV, &poll)])
     }
 
     #[track_caller]
@@ -1739,8 +1438,7 @@ fn pf_an_address_leaves_the_tables_when_it_expires_without_any_query_or_poll() {
     // DNS stops answering: no answer, nothing refreshed, no poll for a
     // minute. pf tables have no timeouts, so only the daemon's apply at the
     // address's expiry (last answer + 1 s TTL + 2 s grace) removes it.
-    // SAFETY: plain syscall on dnsmasq's pid (alive: Dnsmasq owns its guard).
-    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGSTOP) }, 0);
+    dns.signal(libc::SIGSTOP);
     let down = Instant::now();
     std::thread::sleep(Duration::from_millis(900));
     assert!(
@@ -1751,8 +1449,7 @@ fn pf_an_address_leaves_the_tables_when_it_expires_without_any_query_or_poll() {
     sim.wait_addrs(&set(&["198.18.21.9"]), secs(8), &d);
     let took = down.elapsed();
     eprintln!("pf: the address left the tables {took:?} after DNS stopped answering");
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(dns.pid() as i32, libc::SIGCONT) }, 0);
+    dns.signal(libc::SIGCONT);
     assert!(d.is_running());
 }
 

@@ -19,18 +19,17 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::errno::EHOSTUNREACH;
 use testkit::{
-    dns_tcp, dns_udp, require_root, tcp, udp, unique_name, Container, Docker, Lookup, Network,
-    Probe, TempDir, Transport, Upstream, BLOCKED_TIMEOUT,
+    dns_tcp, dns_udp, nft_set_addresses, require_root, tcp, udp, unique_name, wait_until,
+    Container, Daemon, Docker, Lookup, Network, Probe, TempDir, Transport, Upstream,
+    BLOCKED_TIMEOUT, POLL,
 };
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
-
-const POLL: Duration = Duration::from_millis(100);
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -141,13 +140,6 @@ impl<'d> Lab<'d> {
 
     /// Starts the daemon in the lab host namespace.
     fn start(&self) -> Daemon {
-        let log = self.dir.join("daemon.log");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the daemon log");
-        let f2 = f.try_clone().expect("dup the daemon log");
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -162,36 +154,20 @@ impl<'d> Lab<'d> {
         .env_remove("WATCHDOG_PID")
         .env_remove("JOURNAL_STREAM")
         .env_remove("RUST_LOG")
-        .env("DOCKER_HOST", self.docker.docker_host())
-        .stdin(Stdio::null())
-        .stdout(f)
-        .stderr(f2);
+        .env("DOCKER_HOST", self.docker.docker_host());
         // `ip netns exec` execs the program: the child's pid is the daemon's.
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Daemon {
-            child,
-            log,
-            exited: None,
-        }
+        Daemon::spawn(&mut cmd, &self.dir.join("daemon.log"))
     }
 
     /// `nft list table inet TABLE` in the lab host, `None` if absent.
     fn listing(&self) -> Option<String> {
-        let out = self
-            .docker
-            .host()
-            .exec(["nft", "list", "table", "inet", &self.table]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        self.docker.host().nft_table(&self.table)
     }
 
     /// The addresses in the table's sets.
     fn elements(&self) -> BTreeSet<String> {
         self.listing()
-            .map(|l| parse_elements(&l))
+            .map(|l| nft_set_addresses(&l))
             .unwrap_or_default()
     }
 
@@ -208,7 +184,7 @@ impl<'d> Lab<'d> {
             assert!(
                 d.is_running(),
                 "the daemon exited ({:?}); its log:\n{}",
-                d.exited,
+                d.exited(),
                 d.log()
             );
             assert!(
@@ -229,84 +205,6 @@ impl Drop for Lab<'_> {
             .docker
             .host()
             .exec(["nft", "delete", "table", "inet", &self.table]);
-    }
-}
-
-/// The first component (the address) of every element of every set.
-fn parse_elements(listing: &str) -> BTreeSet<String> {
-    const START: &str = "elements = {";
-    let mut out = BTreeSet::new();
-    let mut rest = listing;
-    while let Some(i) = rest.find(START) {
-        let after = &rest[i + START.len()..];
-        let end = after.find('}').unwrap_or(after.len());
-        for el in after[..end].split(',') {
-            if let Some(tok) = el.split_whitespace().next() {
-                out.insert(tok.to_string());
-            }
-        }
-        rest = &after[end..];
-    }
-    out
-}
-
-/// The daemon process; SIGKILLed and reaped on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        if self.exited.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(None) => true,
-            Ok(Some(st)) => {
-                self.exited = Some(st);
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    #[track_caller]
-    fn signal(&mut self, sig: i32) {
-        assert!(
-            self.is_running(),
-            "the daemon has exited ({:?}); its log:\n{}",
-            self.exited,
-            self.log()
-        );
-        // SAFETY: plain syscall; the child was not reaped (try_wait just said
-        // it runs), so the pid still names it.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-
-    /// Waits for the exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if !self.is_running() {
-                return self.exited;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -869,11 +767,12 @@ fn following_docker_the_rules_hold_while_docker_is_down_and_across_a_restart() {
     assert!(filters_bridge(), "{:?}", lab.listing());
 
     docker.stop();
-    let t0 = Instant::now();
-    while !d.log().contains("Docker unreachable") {
-        assert!(t0.elapsed() < secs(15), "no warning:\n{}", d.log());
-        std::thread::sleep(POLL);
-    }
+    wait_until(
+        "a warning that Docker is unreachable",
+        secs(15),
+        || d.log().contains("Docker unreachable"),
+        || d.log(),
+    );
     c.expect(&enforced, BLOCKED_TIMEOUT);
     // A daemon started while Docker is down filters the remembered bridge
     // (the name it would guess from the network name is different).
@@ -884,25 +783,23 @@ fn following_docker_the_rules_hold_while_docker_is_down_and_across_a_restart() {
     d.signal(libc::SIGKILL);
     assert!(d.wait_exit(secs(30)).is_some(), "SIGKILL did not end it");
     let mut d = lab.start();
-    let t0 = Instant::now();
-    while !d.log().contains("remembered from the last run") {
-        assert!(t0.elapsed() < secs(15), "{}", d.log());
-        std::thread::sleep(POLL);
-    }
+    wait_until(
+        "the bridge remembered from the last run",
+        secs(15),
+        || d.log().contains("remembered from the last run"),
+        || d.log(),
+    );
     lab.wait_elements(&[s0], &mut d);
     assert!(filters_bridge(), "{:?}\n{}", lab.listing(), d.log());
     c.expect(&enforced, BLOCKED_TIMEOUT);
 
     docker.start();
-    let t0 = Instant::now();
-    while !d.log().contains("Docker network found") {
-        assert!(
-            t0.elapsed() < secs(30),
-            "Docker came back unnoticed:\n{}",
-            d.log()
-        );
-        std::thread::sleep(POLL);
-    }
+    wait_until(
+        "Docker's return to be noticed",
+        secs(30),
+        || d.log().contains("Docker network found"),
+        || d.log(),
+    );
     assert!(filters_bridge(), "{:?}", lab.listing());
     c.expect(&enforced, BLOCKED_TIMEOUT);
     assert!(d.is_running(), "{}", d.log());

@@ -35,14 +35,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use egress_core::status::Status;
-use testkit::{require_root, unique_name, Dnsmasq, Netns};
+use testkit::{
+    require_root, sibling_binary, wait_until, Daemon, Dnsmasq, Netns, NotifySocket, TempDir, POLL,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_openclaw-egressd");
 const UNIT: &str = concat!(
@@ -57,8 +59,6 @@ const MAX_EXPOSURE: f64 = 2.5;
 /// Set in the environment of this test binary when it runs as the probe
 /// inside the sandbox (see [`the_sandbox_enforces_what_the_unit_says`]).
 const PROBE_ENV: &str = "OPENCLAW_EGRESS_SANDBOX_PROBE";
-
-const POLL: Duration = Duration::from_millis(50);
 
 // ------------------------------------------------------------------ the unit
 
@@ -226,26 +226,20 @@ fn assert_every_directive_is_known(unit: &Unit) {
 /// `etc/` (its /etc/openclaw-egress), `run/` (its /run/openclaw-egress),
 /// `log/` (outside every unit path). Removed on drop.
 struct Root {
-    path: PathBuf,
+    dir: TempDir,
 }
 
 impl Root {
     fn new(tag: &str) -> Root {
-        remove_stale_roots();
-        let path = Path::new("/run").join(unique_name(tag));
-        std::fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        let root = Root { path };
+        let dir = TempDir::new_in(Path::new("/run"), tag);
         for d in ["bin", "etc", "run", "log"] {
-            std::fs::create_dir(root.path.join(d)).expect("create a fixture folder");
+            std::fs::create_dir(dir.join(d)).expect("create a fixture folder");
         }
-        std::fs::set_permissions(&root.path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the fixture");
-        root
+        Root { dir }
     }
 
     fn join(&self, p: &str) -> PathBuf {
-        self.path.join(p)
+        self.dir.join(p)
     }
 
     /// Maps a path of the unit to the fixture; panics on a path the test
@@ -263,10 +257,10 @@ impl Root {
         };
         for (from, to) in MAP {
             if let Some(rest) = unit_path.strip_prefix(from) {
-                return self.path.join(to).join(rest);
+                return self.join(to).join(rest);
             }
             if with_slash == *from {
-                return self.path.join(to.trim_end_matches('/'));
+                return self.join(to.trim_end_matches('/'));
             }
         }
         panic!(
@@ -296,32 +290,6 @@ impl Root {
                 }
             })
             .collect()
-    }
-}
-
-/// Removes fixture folders of earlier runs killed before their guards ran:
-/// names of the form `oct-PID-...` whose process is gone.
-fn remove_stale_roots() {
-    let Ok(dir) = std::fs::read_dir("/run") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let mut parts = name.splitn(3, '-');
-        if parts.next() != Some("oct") {
-            continue;
-        }
-        if let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -1190,16 +1158,7 @@ fn sandboxed(
 /// next to it, and this test binary (the probe).
 fn built_binaries() -> Vec<(&'static str, PathBuf)> {
     let daemon = PathBuf::from(DAEMON);
-    let cli = daemon
-        .parent()
-        .expect("the daemon binary has a folder")
-        .join("openclaw-egress");
-    assert!(
-        cli.is_file(),
-        "the CLI binary {} is missing: build it first (`cargo build -p openclaw-egress` with the \
-         same CARGO_TARGET_DIR, or run `cargo test --workspace`)",
-        cli.display()
-    );
+    let cli = sibling_binary(DAEMON, "openclaw-egress");
     let probe = std::env::current_exe().expect("the test binary's path");
     vec![
         ("openclaw-egressd", daemon),
@@ -1272,11 +1231,7 @@ impl Lab {
 
     /// Writes a file of the config folder atomically (as editors do).
     fn write_etc(&self, name: &str, text: &str) {
-        let target = self.root.join("etc").join(name);
-        let tmp = self.root.join("etc").join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).expect("write a config file");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        std::fs::rename(&tmp, &target).expect("rename a config file");
+        self.root.dir.write(&format!("etc/{name}"), text);
     }
 
     fn dnsmasq(&self) -> Dnsmasq<'_> {
@@ -1288,10 +1243,7 @@ impl Lab {
     }
 
     fn listing(&self) -> Option<String> {
-        let out = self.ns.exec(["nft", "list", "table", "inet", &self.table]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        self.ns.nft_table(&self.table)
     }
 
     /// Runs one of the unit's Exec lines in the sandbox, to completion.
@@ -1308,134 +1260,8 @@ impl Lab {
         let exec = self.unit.all("ExecStart");
         assert_eq!(exec.len(), 1, "one ExecStart in the unit");
         let argv = self.root.exec_line(exec[0], None);
-        let log = self.root.join("log/daemon.log");
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the daemon log");
-        let f2 = f.try_clone().expect("dup the log");
-        let child = sandboxed(spec, &self.root, Some(&self.ns), &argv, env)
-            .stdout(f)
-            .stderr(f2)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {argv:?} in the sandbox: {e}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        Daemon {
-            child,
-            log,
-            exited: None,
-        }
-    }
-}
-
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        if self.exited.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(None) => true,
-            Ok(Some(st)) => {
-                self.exited = Some(st);
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if !self.is_running() {
-                return self.exited;
-            }
-            std::thread::sleep(POLL);
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A NOTIFY_SOCKET in the fixture's config folder (read-only inside the
-/// sandbox, as /run/systemd/notify is under ProtectSystem=strict).
-struct Notify {
-    sock: UnixDatagram,
-    path: PathBuf,
-    seen: std::cell::RefCell<Vec<String>>,
-}
-
-impl Notify {
-    fn bind(root: &Root) -> Notify {
-        let path = root.join("etc/notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        sock.set_nonblocking(true).expect("nonblocking");
-        Notify {
-            sock,
-            path,
-            seen: Default::default(),
-        }
-    }
-
-    /// Every datagram so far.
-    fn seen(&self) -> Vec<String> {
-        let mut buf = [0u8; 4096];
-        let mut seen = self.seen.borrow_mut();
-        while let Ok(n) = self.sock.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        seen.clone()
-    }
-
-    /// How many datagrams carried the line `line`.
-    fn count(&self, line: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|m| m.lines().any(|l| l == line))
-            .count()
-    }
-}
-
-#[track_caller]
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> bool,
-    detail: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {limit:?} waiting for: {what}\n{}",
-                detail()
-            );
-        }
-        std::thread::sleep(POLL);
+        let mut cmd = sandboxed(spec, &self.root, Some(&self.ns), &argv, env);
+        Daemon::spawn(&mut cmd, &self.root.join("log/daemon.log"))
     }
 }
 
@@ -1497,7 +1323,9 @@ fn mount_options_of(pid: u32, path: &Path) -> String {
 fn the_daemon_works_under_the_units_sandbox() {
     let lab = Lab::new("sbx-run");
     let _dns = lab.dnsmasq();
-    let notify = Notify::bind(&lab.root);
+    // In the config folder: read-only inside the sandbox, as
+    // /run/systemd/notify is under ProtectSystem=strict.
+    let notify = NotifySocket::bind(lab.root.join("etc/notify.sock"));
 
     // The code's default socket lies in a folder the unit makes writable.
     let default_socket = egress_core::config::Config::default().control.socket;
@@ -1526,7 +1354,7 @@ fn the_daemon_works_under_the_units_sandbox() {
     let mut d = lab.start(
         &lab.spec,
         &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("NOTIFY_SOCKET", notify.path().to_str().unwrap()),
             // The unit's WatchdogSec is 30 s; a short one shows the pings.
             ("WATCHDOG_USEC", "1000000"),
         ],
@@ -1537,7 +1365,7 @@ fn the_daemon_works_under_the_units_sandbox() {
         assert!(
             d.is_running(),
             "the sandboxed daemon exited ({:?}):\n{}",
-            d.exited,
+            d.exited(),
             d.log()
         );
         assert!(
@@ -1657,14 +1485,14 @@ fn the_daemon_works_under_the_units_sandbox() {
         "RELOADING=1 then READY=1 after ExecReload",
         Duration::from_secs(10),
         || notify.count("RELOADING=1") > reloading && notify.count("READY=1") > ready,
-        || format!("{:?}\n{}", notify.seen(), d.log()),
+        || format!("{}\n{}", notify.dump(), d.log()),
     );
 
     wait_until(
         "watchdog pings",
         Duration::from_secs(5),
         || notify.count("WATCHDOG=1") >= 2,
-        || format!("{:?}", notify.seen()),
+        || notify.dump(),
     );
 
     // KillSignal: exit 0, the rules stay.

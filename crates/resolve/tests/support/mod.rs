@@ -7,8 +7,6 @@
 //! name and per record type. It counts the queries it receives, and how many
 //! it held at once, so tests can check what the client really sent.
 
-#![allow(dead_code)] // each test binary uses a different part of it
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
