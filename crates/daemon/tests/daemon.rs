@@ -1101,6 +1101,40 @@ fn a_hundred_rapid_edits_end_in_exactly_the_last_file() {
     assert!(s.config_error.is_none());
 }
 
+/// `openclaw-egress allow` / `remove` without `--apply`: the running
+/// daemon picks the edit up through its file watcher.
+#[test]
+fn allow_and_remove_reach_a_running_daemon_through_its_watcher() {
+    let fx = Fixture::new("allow");
+    fx.config(&Cfg::default());
+    fx.allowlist("# agents' API\n198.18.13.1:443\n");
+    let mut d = fx.start();
+    fx.wait_status(&mut d);
+    fx.wait_elements(&set(&["198.18.13.1"]), secs(10), &d);
+    let edit = |args: &[&str]| {
+        let out = Command::new(cli_bin())
+            .arg("--config")
+            .arg(fx.config_path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openclaw-egress {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    edit(&["allow", "198.18.13.2:443", "--comment", "second"]);
+    fx.wait_elements(&set(&["198.18.13.1", "198.18.13.2"]), secs(5), &d);
+    edit(&["remove", "198.18.13.1:443"]);
+    fx.wait_elements(&set(&["198.18.13.2"]), secs(5), &d);
+    assert_eq!(
+        std::fs::read_to_string(fx.allowlist_path()).unwrap(),
+        "# agents' API\n198.18.13.2:443  # second\n"
+    );
+    assert!(fx.status().config_error.is_none());
+}
+
 #[test]
 fn after_kill_9_the_rules_stay_and_a_restart_takes_over() {
     let fx = Fixture::new("kill9");
