@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use egress_firewall::pf::testing::{FakePf, APPLE_PF_CONF};
+use egress_firewall::pf::testing::FakePf;
 use egress_firewall::sim as pf_sim;
 use testkit::TempDir;
 
@@ -26,17 +26,13 @@ struct Sim {
 impl Sim {
     fn new() -> Sim {
         let dir = TempDir::new("cli-pf");
-        let pf = dir.join("pf");
-        std::fs::create_dir_all(pf.join("root")).unwrap();
-        for prog in ["pfctl", "ifconfig"] {
-            std::os::unix::fs::symlink(CLI, pf.join(prog)).unwrap();
-        }
-        std::fs::write(pf.join("pf.conf"), APPLE_PF_CONF).unwrap();
+        pf_sim::install(
+            &dir.join("pf"),
+            Path::new(CLI),
+            &["lo0", "en0", "bridge100"],
+        )
+        .expect("set up the simulated Mac");
         let sim = Sim { dir };
-        FakePf::with_state(&sim.state_file(), |f| {
-            *f = FakePf::new(&["lo0", "en0", "bridge100"])
-        })
-        .unwrap();
         sim.dir.write(
             "egressd.toml",
             &format!(

@@ -1363,7 +1363,7 @@ fn sigusr1_logs_a_state_dump() {
 // What this proves is the daemon's side of pf: what it asks of pfctl and
 // when. Whether a real pfctl accepts it is for a Mac (docs/macos.md).
 
-use egress_firewall::pf::testing::{FakePf, APPLE_PF_CONF};
+use egress_firewall::pf::testing::FakePf;
 use egress_firewall::sim as pf_sim;
 
 /// A simulated Mac: the fake's programs, pf.conf and state.
@@ -1378,17 +1378,12 @@ impl PfSim {
     fn new(fx: &mut Fixture) -> PfSim {
         fx.iface = "bridge100".into();
         let dir = fx.dir.join("pf");
-        std::fs::create_dir_all(dir.join("root")).unwrap();
-        for prog in ["pfctl", "ifconfig"] {
-            std::os::unix::fs::symlink(DAEMON, dir.join(prog)).unwrap();
-        }
-        std::fs::write(dir.join("pf.conf"), APPLE_PF_CONF).unwrap();
-        let sim = PfSim {
+        pf_sim::install(&dir, Path::new(DAEMON), &["lo0", "en0", "bridge100"])
+            .expect("set up the simulated Mac");
+        PfSim {
             anchor: egress_core::config::pf_anchor_name(&fx.table),
             dir,
-        };
-        sim.edit(|f| *f = FakePf::new(&["lo0", "en0", "bridge100"]));
-        sim
+        }
     }
 
     fn state_file(&self) -> PathBuf {

@@ -92,3 +92,15 @@ pub fn backend() -> Option<(Box<dyn Backend>, PathBuf)> {
     };
     Some((Box::new(Pf::new(SystemRunner, opts).with_poll(poll)), dir))
 }
+
+/// Sets up a simulated Mac in `dir` for the binary `program`: `pfctl` and
+/// `ifconfig` linked to it, Apple's stock pf.conf, pf disabled, and these
+/// network interfaces. Tests call this; `dir` must exist.
+pub fn install(dir: &Path, program: &Path, interfaces: &[&str]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("root"))?;
+    for prog in ["pfctl", "ifconfig"] {
+        std::os::unix::fs::symlink(program, dir.join(prog))?;
+    }
+    std::fs::write(dir.join("pf.conf"), egress_pf::testing::APPLE_PF_CONF)?;
+    FakePf::with_state(&state_file(dir), |f| *f = FakePf::new(interfaces))
+}
