@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use egress_core::status::Status;
 use serde::{Deserialize, Serialize};
 use testkit::{Dnsmasq, Netns, NsChild, TempDir};
 
@@ -70,7 +71,7 @@ impl<'a> Lab<'a> {
         &mut self,
         bins: &Bins,
         limit: Duration,
-        ready: impl Fn(&serde_json::Value) -> bool,
+        ready: impl Fn(&Status) -> bool,
     ) -> Result<Duration> {
         let conf = self.dir.join("egressd.toml");
         let log = self.dir.join("daemon.log");
@@ -165,10 +166,6 @@ pub struct FootprintResult {
     pub churn_elements: u64,
 }
 
-fn address_count(s: &serde_json::Value) -> u64 {
-    s["address_count"].as_u64().unwrap_or(0)
-}
-
 /// Runs figure 4 at `hosts`.
 pub fn footprint(
     bins: &Bins,
@@ -198,8 +195,7 @@ pub fn footprint(
         let ns = Netns::new("fpi");
         let dir = TempDir::new("fpi");
         let mut lab = Lab::new(&ns, &dir, &records, 3600, &allow, "concurrency = 64");
-        let n = hosts as u64;
-        let ready = lab.start(bins, Duration::from_secs(120), |s| address_count(s) == n)?;
+        let ready = lab.start(bins, Duration::from_secs(120), |s| s.address_count == hosts)?;
         res.ready_ms = ms(ready);
         // Let the first batch's aftermath (allocator, monitor echo) settle.
         std::thread::sleep(Duration::from_secs(2));
@@ -212,8 +208,7 @@ pub fn footprint(
         let ns = Netns::new("fpc");
         let dir = TempDir::new("fpc");
         let mut lab = Lab::new(&ns, &dir, &records, churn_ttl, &allow, "concurrency = 64");
-        let n = hosts as u64;
-        lab.start(bins, Duration::from_secs(120), |s| address_count(s) >= n)?;
+        lab.start(bins, Duration::from_secs(120), |s| s.address_count >= hosts)?;
         let alt: Vec<(String, IpAddr)> = records
             .iter()
             .enumerate()
@@ -245,7 +240,7 @@ pub fn footprint(
                 for _ in 0..windows {
                     res.churn.push(window(lab.pid(), churn_len)?);
                 }
-                res.churn_elements = address_count(&daemon_status(&lab.socket)?);
+                res.churn_elements = daemon_status(&lab.socket)?.address_count as u64;
                 Ok(())
             })();
             stop.store(true, Ordering::Relaxed);
@@ -292,7 +287,7 @@ pub fn latency(bins: &Bins, samples: usize) -> Result<LatencyResult> {
         "rot.test:443\n",
         "min_ttl = \"1s\"",
     );
-    lab.start(bins, Duration::from_secs(30), |s| address_count(s) >= 1)?;
+    lab.start(bins, Duration::from_secs(30), |s| s.address_count >= 1)?;
     let has = |needle: &str| kernel_has(&ns, TABLE, "allow_v4", needle);
     if wait_for(Duration::from_secs(10), Duration::from_millis(10), || {
         has("198.18.7.1 ")
@@ -335,10 +330,11 @@ pub fn latency(bins: &Bins, samples: usize) -> Result<LatencyResult> {
         let a = Instant::now();
         let s = daemon_status(&lab.socket)?;
         let b = Instant::now();
-        let due_in = s["entries"]
-            .as_array()
-            .and_then(|e| e.iter().find(|e| e["host"] == "rot.test"))
-            .and_then(|e| e["next_refresh_ms"].as_u64())
+        let due_in = s
+            .entries
+            .iter()
+            .find(|e| e.host.as_deref() == Some("rot.test"))
+            .and_then(|e| e.next_refresh_ms)
             .context("no next_refresh_ms for rot.test in the status")?;
         let expiry = a + (b - a) / 2 + Duration::from_millis(due_in);
         // The new record must be served before the query: skip this round

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use egress_core::allowlist::parse_host;
+use egress_core::config::ResolverConfig;
 use egress_resolve::{Outcome, Resolver, ResolverSettings};
 use serde::{Deserialize, Serialize};
 use testkit::{Dnsmasq, Netns, TempDir};
@@ -27,15 +28,14 @@ pub struct ResolveResult {
     pub dig_ms: Vec<f64>,
 }
 
-/// The `[resolver]` defaults the daemon and the CLI use.
+/// The `[resolver]` defaults the daemon and the CLI use, but `concurrency`.
 fn settings(server: IpAddr, concurrency: usize) -> ResolverSettings {
-    ResolverSettings {
-        servers: vec![SocketAddr::new(server, 53)],
-        timeout: Duration::from_secs(2),
-        attempts: 2,
-        concurrency,
-        max_addresses: 256,
-    }
+    let mut s = ResolverSettings::from_config(
+        &ResolverConfig::default(),
+        vec![SocketAddr::new(server, 53)],
+    );
+    s.concurrency = concurrency;
+    s
 }
 
 fn ours_once(ns: &Netns, hosts: &[egress_core::HostName], concurrency: usize) -> Result<f64> {

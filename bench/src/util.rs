@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use egress_core::status::{Request, Status};
 use testkit::Netns;
 
 /// Where the release binaries under test are.
@@ -133,13 +134,15 @@ pub fn host_records(n: usize) -> Vec<(String, IpAddr)> {
         .collect()
 }
 
-/// Asks the daemon's control socket for its status object. A daemon busy
-/// with a long batch answers late, so the wait is generous.
-pub fn daemon_status(socket: &Path) -> Result<serde_json::Value> {
+/// Asks the daemon's control socket for its status. A daemon busy with a
+/// long batch answers late, so the wait is generous.
+pub fn daemon_status(socket: &Path) -> Result<Status> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.write_all(b"{\"cmd\":\"status\"}\n")?;
+    let mut req = serde_json::to_string(&Request::Status)?;
+    req.push('\n');
+    s.write_all(req.as_bytes())?;
     let mut line = String::new();
     BufReader::new(s)
         .read_line(&mut line)
@@ -149,7 +152,8 @@ pub fn daemon_status(socket: &Path) -> Result<serde_json::Value> {
     if let Some(e) = v.get("error") {
         bail!("the daemon answered an error: {e}");
     }
-    Ok(v)
+    serde_json::from_value(v)
+        .with_context(|| format!("unexpected status answer from {}", socket.display()))
 }
 
 /// CPU time (user + system, all threads, dead ones included) of `pid`.

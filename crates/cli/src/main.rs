@@ -92,10 +92,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { json } => {
-            let loaded = load::load(config)?;
-            print_warnings(&loaded);
-            let desired = load::desired(&loaded)?;
-            report_resolution(&desired);
+            let desired = load_desired(config)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&ruleset_json(&desired))?);
             } else {
@@ -105,10 +102,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(partial_code(&desired))
         }
         Command::Plan { json } => {
-            let loaded = load::load(config)?;
-            print_warnings(&loaded);
-            let desired = load::desired(&loaded)?;
-            report_resolution(&desired);
+            let desired = load_desired(config)?;
             let mut fw = firewall()?;
             let object = fw.kind().object(&desired.ruleset.layout.table);
             let egress_firewall::Plan { reason, diff, .. } = fw
@@ -212,10 +206,7 @@ fn firewall() -> Result<Box<dyn egress_firewall::Backend>> {
 /// `apply`: resolve once and make the kernel enforce the policy (also run
 /// by `allow --apply` and `remove --apply`).
 fn apply(config: Option<&Path>) -> Result<ExitCode> {
-    let loaded = load::load(config)?;
-    print_warnings(&loaded);
-    let desired = load::desired(&loaded)?;
-    report_resolution(&desired);
+    let desired = load_desired(config)?;
     let mut fw = firewall()?;
     let object = fw.kind().object(&desired.ruleset.layout.table);
     let report = fw
@@ -250,6 +241,16 @@ fn apply(config: Option<&Path>) -> Result<ExitCode> {
     );
     println!("filtering {}", desired.bridge.describe());
     Ok(partial_code(&desired))
+}
+
+/// Loads the config and the allowlist and resolves once, printing the
+/// warnings of both steps (how `show`, `plan` and `apply` start).
+fn load_desired(config: Option<&Path>) -> Result<Desired> {
+    let loaded = load::load(config)?;
+    print_warnings(&loaded);
+    let desired = load::desired(&loaded)?;
+    report_resolution(&desired);
+    Ok(desired)
 }
 
 fn print_warnings(loaded: &Loaded) {

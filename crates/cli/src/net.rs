@@ -33,11 +33,25 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// How long a one-shot command waits for Docker to say where the network
+/// is (connecting included).
+pub const LOOKUP_LIMIT: Duration = Duration::from_secs(10);
+
 /// Looks the Docker network up (unless `[network] interface` names the
 /// interface). Never fails: when Docker cannot answer, the rules still go
 /// on the interface name `setup-network` would give the bridge, and the
 /// reason is returned for a warning.
 pub fn find_bridge(config: &Config) -> Bridge {
+    bridge_from(config, |name| match runtime() {
+        Ok(rt) => rt.block_on(lookup_once(name, LOOKUP_LIMIT)),
+        Err(e) => Lookup::Unreachable(format!("{e:#}")),
+    })
+}
+
+/// [`find_bridge`] with Docker asked through `lookup`, which is called only
+/// when the config does not name the interface (so a command that already
+/// holds a Docker client asks through it).
+pub fn bridge_from(config: &Config, lookup: impl FnOnce(&str) -> Lookup) -> Bridge {
     if let Some(i) = &config.network.interface {
         return Bridge {
             iface: i.clone(),
@@ -49,11 +63,7 @@ pub fn find_bridge(config: &Config) -> Bridge {
         iface: config.network.interface_name(),
         source: Source::Fallback(why),
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fallback(format!("{e:#}")),
-    };
-    match rt.block_on(lookup_once(name, Duration::from_secs(10))) {
+    match lookup(name) {
         Lookup::Found(info) => Bridge {
             iface: info.bridge.clone(),
             source: Source::Docker(info),

@@ -15,12 +15,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use egress_core::config::Config;
 use egress_core::verify::{self, judge, Verdict};
-use egress_docker::{ContainerSpec, Docker};
+use egress_docker::{ContainerSpec, Docker, Lookup};
 use ipnet::IpNet;
 use serde_json::json;
 
 use crate::load::Loaded;
-use crate::net::{runtime, Bridge, Source};
+use crate::net::{runtime, Bridge, Source, LOOKUP_LIMIT};
 use crate::probe::{self, Site};
 
 /// Where the probes run.
@@ -109,6 +109,20 @@ impl Session {
             .get_or_insert_with(|| rt.block_on(Docker::connect()).map_err(|e| e.to_string()))
             .clone()
             .map_err(anyhow::Error::msg)
+    }
+
+    /// What Docker says about the network `name`, through the session's
+    /// client (as `egress_docker::lookup_once` would, without a second
+    /// connection).
+    fn lookup(&mut self, name: &str) -> Lookup {
+        let d = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Lookup::Unreachable(e.to_string()),
+        };
+        // The timer must be made inside the runtime.
+        self.rt
+            .block_on(async { tokio::time::timeout(LOOKUP_LIMIT, d.lookup(name)).await })
+            .unwrap_or_else(|_| Lookup::Unreachable(format!("no answer within {LOOKUP_LIMIT:?}")))
     }
 }
 
@@ -317,12 +331,14 @@ pub fn run(loaded: &Loaded, from: From, json: bool, timeout: Duration) -> Result
         );
     }
     let config = &loaded.inputs.config;
-    let bridge = crate::net::find_bridge(config);
+    // One runtime and one Docker connection for the whole run: the bridge
+    // lookup, the probe containers and the published ports.
+    let mut session = Session::new()?;
+    let bridge = crate::net::bridge_from(config, |name| session.lookup(name));
     bridge.warn();
     let nets = bridge_addrs(&bridge.iface)?;
     let gateways: Vec<IpAddr> = nets.iter().map(|n| n.addr()).collect();
     let dns = loaded.inputs.dns_allow.clone();
-    let mut session = Session::new()?;
     let sites = match from {
         From::Netns => netns_sites(&bridge.iface, &nets, &mut session, &dns)?,
         From::Container => container_sites(config, &mut session, &dns)?,
