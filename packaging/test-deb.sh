@@ -81,7 +81,7 @@ expected=(
     /usr/share/doc/openclaw-egress/copyright
 )
 # One page per subcommand, named by the CLI itself.
-for sub in check plan apply show flush allow remove status; do
+for sub in check plan apply show flush allow remove status setup-network verify; do
     expected+=("/usr/share/man/man1/openclaw-egress-$sub.1.gz")
 done
 for f in "${expected[@]}"; do

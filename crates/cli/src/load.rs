@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use egress_core::allowlist::Allowlist;
 use egress_core::config::{Config, DEFAULT_CONFIG_PATH};
 use egress_core::inputs::Inputs;
-use egress_core::policy::{self, Answers, Refusal};
+use egress_core::policy::{Answers, Refusal};
 use egress_core::ruleset::Ruleset;
 use egress_core::schedule::{Family, ScheduleConfig, Scheduler};
 use egress_core::{Diagnostic, HostName};
@@ -67,10 +67,7 @@ pub fn load(config_path: Option<&Path>) -> Result<Loaded> {
         .with_context(|| format!("cannot read allowlist {}", config.allowlist.display()))?;
     let shown = config.allowlist.display().to_string();
     let parsed = Allowlist::parse_bytes(&shown, &bytes).map_err(|d| Invalid(d.to_string()))?;
-    let servers = match &config.resolver.servers {
-        Some(s) => s.clone(),
-        None => egress_resolve::system_servers()?,
-    };
+    let servers = egress_resolve::configured_servers(&config.resolver)?;
     Ok(Loaded {
         inputs: Inputs::new(config, parsed.allowlist, servers),
         config_path: path,
@@ -152,15 +149,10 @@ pub fn desired(loaded: &Loaded) -> Result<Desired> {
     let t0 = Instant::now();
     let resolution = resolve(inputs)?;
     let resolve_time = t0.elapsed();
-    let outcome = policy::desired_elements(
-        &inputs.entries,
-        &resolution.answers,
-        &inputs.dns_allow,
-        &inputs.config.firewall.allow_private,
-    );
+    let outcome = inputs.desired_elements(&resolution.answers);
     let bridge = crate::net::find_bridge(&inputs.config);
     bridge.warn();
-    let layout = policy::layout(&inputs.config, vec![bridge.iface.clone()]);
+    let layout = inputs.layout(bridge.iface.clone());
     Ok(Desired {
         ruleset: Ruleset {
             layout,

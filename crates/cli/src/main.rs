@@ -191,16 +191,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// The firewall of this platform (debug builds: or the pf simulation, see
 /// `egress_firewall::sim`).
 fn firewall() -> Result<Box<dyn egress_firewall::Backend>> {
-    #[cfg(debug_assertions)]
-    if let Some((fw, dir)) = egress_firewall::sim::backend() {
+    let (fw, sim) = egress_firewall::open()?;
+    if let Some(dir) = sim {
         eprintln!(
             "warning: SIMULATED pf in {} ({}): nothing on this machine is filtered",
             dir.display(),
             egress_firewall::sim::ENV
         );
-        return Ok(fw);
     }
-    Ok(egress_firewall::native()?)
+    Ok(fw)
 }
 
 /// `apply`: resolve once and make the kernel enforce the policy (also run

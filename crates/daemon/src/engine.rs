@@ -605,12 +605,11 @@ async fn initial_bridge(loaded: &Inputs) -> String {
 /// The firewall of this platform (debug builds: or the pf simulation, see
 /// `egress_firewall::sim`).
 fn firewall() -> Result<Box<dyn Backend>, egress_firewall::Error> {
-    #[cfg(debug_assertions)]
-    if let Some((fw, dir)) = egress_firewall::sim::backend() {
+    let (fw, sim) = egress_firewall::open()?;
+    if let Some(dir) = sim {
         warn!(dir = %dir.display(), "SIMULATED pf ({}): nothing on this machine is filtered", egress_firewall::sim::ENV);
-        return Ok(fw);
     }
-    egress_firewall::native()
+    Ok(fw)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `loaded` was validated by main.

@@ -215,6 +215,18 @@ pub fn native() -> Result<Box<dyn Backend>, Error> {
     imp::native()
 }
 
+/// The backend the binaries use: [`native`], or, in debug builds with
+/// [`sim::ENV`] set, the pf simulation, whose folder comes back so the
+/// caller can say loudly that nothing is filtered. Release builds never
+/// read the variable.
+pub fn open() -> Result<(Box<dyn Backend>, Option<std::path::PathBuf>), Error> {
+    #[cfg(debug_assertions)]
+    if let Some((fw, dir)) = sim::backend() {
+        return Ok((fw, Some(dir)));
+    }
+    Ok((native()?, None))
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use super::{Backend, Error};

@@ -11,8 +11,9 @@
 //! `DIR/pf-state.json`. `OPENCLAW_EGRESS_PF_SIM_POLL_MS` sets how often the
 //! daemon re-checks pf (default 30 s).
 //!
-//! The binaries call in here only under `cfg(debug_assertions)`: release
-//! builds (the package) never read these variables.
+//! Only debug builds call in here ([`crate::open`], and `main` for the fake
+//! programs, both under `cfg(debug_assertions)`): release builds (the
+//! package) never read these variables.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
